@@ -1,0 +1,91 @@
+"""Accounts: creation and the start-up bootstrap of ``admin``."""
+
+import logging
+import secrets
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from traitortrack.db.models import Audit, User
+from traitortrack.domain.roles import Role
+from traitortrack.security import hash_password
+
+log = logging.getLogger(__name__)
+
+ADMIN_USERNAME = "admin"
+
+
+class UserExists(ValueError):
+    pass
+
+
+async def create_user(
+    engine: AsyncEngine,
+    username: str,
+    password: str,
+    role: Role,
+    area: str | None = None,
+    rounds: int | None = None,
+) -> int:
+    hashed = hash_password(password) if rounds is None else hash_password(password, rounds)
+    async with engine.begin() as conn:
+        user_id = (
+            await conn.execute(
+                pg_insert(User)
+                .values(username=username, password_hash=hashed, role=role.value, area=area)
+                .on_conflict_do_nothing()
+                .returning(User.id)
+            )
+        ).scalar_one_or_none()
+        if user_id is None:
+            raise UserExists(f"User {username} already exists")
+        await conn.execute(
+            pg_insert(Audit).values(
+                action="user.create",
+                entity_type="user",
+                entity_id=username,
+                after={"username": username, "role": role.value, "area": area},
+            )
+        )
+    return user_id
+
+
+async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
+    """Create ``admin`` (or reset its password when one is configured).
+
+    Returns a generated password when one had to be made up, so the caller can show it once.
+    """
+    async with engine.begin() as conn:
+        exists = (
+            await conn.execute(
+                select(User.id).where(func.lower(User.username) == ADMIN_USERNAME)
+            )
+        ).scalar_one_or_none()
+        if exists is not None and password is not None:
+            await conn.execute(
+                update(User)
+                .where(User.id == exists)
+                .values(
+                    password_hash=hash_password(password),
+                    session_version=User.session_version + 1,
+                    failed_logins=0,
+                    locked_until=None,
+                    active=True,
+                )
+            )
+            await conn.execute(
+                pg_insert(Audit).values(
+                    action="user.password_reset", entity_type="user", entity_id=ADMIN_USERNAME
+                )
+            )
+            log.info("admin password set from ADMIN_PASSWORD")
+    if exists is not None:
+        return None
+    generated = password is None
+    chosen = password or secrets.token_urlsafe(12)
+    try:
+        await create_user(engine, ADMIN_USERNAME, chosen, Role.ADMIN)
+    except UserExists:
+        return None  # another worker created it at the same moment
+    return chosen if generated else None
