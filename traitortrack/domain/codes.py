@@ -33,7 +33,11 @@ def normalize_code(raw: str | None, kind: BagKind | None = None) -> str:
         raise InvalidBagCode(EMPTY)
     if not isinstance(raw, str):
         raise InvalidBagCode(INVALID_CHARACTERS)
-    code = raw.strip().upper()
+    code = raw.strip()
+    # Upper-case ASCII only: str.upper() turns some non-ASCII letters into ASCII ones
+    # ("ſ" -> "S", "ß" -> "SS"), which would let a non-ASCII scan pass as a valid code.
+    if code.isascii():
+        code = code.upper()
     if len(code) > MAX_LENGTH:
         raise InvalidBagCode(TOO_LONG)
     if len(code) < MIN_LENGTH:

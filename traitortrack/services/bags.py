@@ -54,17 +54,20 @@ async def delete_bag(engine: AsyncEngine, actor: Actor, client_id: object, code:
             if blockers.bill is not None:
                 raise RuleBroken(
                     "PARENT_ON_BILL",
-                    f"Parent bag {bag_code} is on bill {blockers.bill}; remove it from the bill first.",
+                    f"Parent bag {bag_code} is on bill {blockers.bill}; "
+                    "remove it from the bill first.",
                 )
             if blockers.has_children:
                 raise RuleBroken(
                     "PARENT_HAS_CHILDREN",
-                    f"Parent bag {bag_code} still holds {bag.child_count} child bags; unlink them first.",
+                    f"Parent bag {bag_code} still holds {bag.child_count} child bags; "
+                    "unlink them first.",
                 )
             if blockers.parent is not None:
                 raise RuleBroken(
                     "CHILD_LINKED",
-                    f"Child bag {bag_code} is linked to parent bag {blockers.parent}; undo that link first.",
+                    f"Child bag {bag_code} is linked to parent bag {blockers.parent}; "
+                    "undo that link first.",
                 )
             await tx.conn.execute(delete(Bag).where(Bag.id == bag.id))
             before = {"code": bag_code, "kind": bag.kind, "area": bag.area, "status": bag.status}

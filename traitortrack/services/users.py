@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from traitortrack.db.models import Audit, User
 from traitortrack.domain.roles import Role
 from traitortrack.security import hash_password
+from traitortrack.services.commands import Actor
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
     """
     async with engine.begin() as conn:
         exists = (
-            await conn.execute(
-                select(User.id).where(func.lower(User.username) == ADMIN_USERNAME)
-            )
+            await conn.execute(select(User.id).where(func.lower(User.username) == ADMIN_USERNAME))
         ).scalar_one_or_none()
         if exists is not None and password is not None:
             await conn.execute(
@@ -89,3 +88,18 @@ async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
     except UserExists:
         return None  # another worker created it at the same moment
     return chosen if generated else None
+
+
+async def actor_for(engine: AsyncEngine, username: str) -> Actor:
+    """The active user called ``username``, as an actor for the services."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(User.id, User.username, User.role, User.area).where(
+                    func.lower(User.username) == username.lower(), User.active
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        raise LookupError(f"No active user called {username!r}")
+    return Actor(row.id, row.username, Role(row.role), row.area)

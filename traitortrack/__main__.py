@@ -1,0 +1,3 @@
+from traitortrack.cli import main
+
+raise SystemExit(main())

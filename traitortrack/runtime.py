@@ -1,0 +1,74 @@
+"""What a worker process holds while it serves: settings, the database pool, the Redis client.
+
+Created in ``before_serving`` (never at import: each Hypercorn worker needs its own pool, bound
+to its own event loop) and closed in ``after_serving``.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from quart import Quart, current_app
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from traitortrack.config import Settings
+from traitortrack.db.embedded import start_embedded_postgres
+from traitortrack.db.engine import create_engine
+from traitortrack.db.migrate import migrate
+from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis | None
+
+    async def check_database(self) -> None:
+        async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def check_bus(self) -> None:
+        if self.redis is not None:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self.redis.ping()
+
+
+def runtime(app: Quart | None = None) -> Runtime:
+    return (app or current_app).extensions["traitortrack"]
+
+
+async def start(app: Quart, settings: Settings) -> None:
+    if settings.uses_embedded_database:
+        url = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
+        settings = settings.with_database(url)
+    engine = create_engine(settings)
+    if settings.migrate_on_start:
+        await migrate(engine)
+    generated = await ensure_admin(engine, settings.admin_password)
+    if generated is not None:
+        # Printed, not logged: it is shown once to the person starting the app, never stored.
+        print(
+            f"\n  Created the '{ADMIN_USERNAME}' account. Log in with\n"
+            f"    username: {ADMIN_USERNAME}\n    password: {generated}\n"
+            "  (shown once; set ADMIN_PASSWORD to choose it yourself)\n",
+            flush=True,
+        )
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    app.extensions["traitortrack"] = Runtime(settings, engine, redis)
+    log.info("worker ready", extra={"redis": settings.redis_url is not None})
+
+
+async def stop(app: Quart) -> None:
+    state = app.extensions.pop("traitortrack", None)
+    if state is None:
+        return
+    if state.redis is not None:
+        await state.redis.aclose()
+    await state.engine.dispose()
