@@ -10,17 +10,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(settings: Settings | None = None) -> Quart:
+    from quart_auth import QuartAuth
+
     from traitortrack import runtime
     from traitortrack.logs import configure_logging
-    from traitortrack.web import health
+    from traitortrack.web import auth, dashboard, health, hooks, limits
 
     settings = settings or Settings.from_env()
     configure_logging(settings.is_production)
     app = Quart(
         __name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static")
     )
-    app.config.update(SECRET_KEY=settings.session_secret, MAX_CONTENT_LENGTH=64 * 1024)
-    app.register_blueprint(health.blueprint)
+    app.config.update(
+        SECRET_KEY=settings.session_secret,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        SESSION_COOKIE_NAME="tt_session",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+        PERMANENT_SESSION_LIFETIME=hooks.SHIFT_LENGTH,
+        QUART_AUTH_COOKIE_NAME="tt_auth",
+        QUART_AUTH_COOKIE_SECURE=settings.secure_cookies,
+        QUART_AUTH_COOKIE_SAMESITE="Lax",
+        QUART_AUTH_DURATION=int(hooks.SHIFT_LENGTH.total_seconds()),
+        QUART_AUTH_SALT="traitortrack-auth",
+    )
+    QuartAuth(app)
+    # Hooks first: the rate limits key on the account the hooks load.
+    hooks.install(app)
+    limits.install(app, settings)
+    for module in (health, auth, dashboard):
+        app.register_blueprint(module.blueprint)
 
     @app.before_serving
     async def start() -> None:

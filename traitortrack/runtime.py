@@ -6,7 +6,9 @@ to its own event loop) and closed in ``after_serving``.
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
@@ -29,6 +31,8 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     redis: Redis | None
+    # Replaceable so tests can move time (lockouts, session expiry, TOTP steps).
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     async def check_database(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:

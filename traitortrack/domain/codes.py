@@ -35,7 +35,7 @@ def normalize_code(raw: str | None, kind: BagKind | None = None) -> str:
         raise InvalidBagCode(INVALID_CHARACTERS)
     code = raw.strip()
     # Upper-case ASCII only: str.upper() turns some non-ASCII letters into ASCII ones
-    # ("ſ" -> "S", "ß" -> "SS"), which would let a non-ASCII scan pass as a valid code.
+    # (the long s becomes "S", "ß" becomes "SS"), which would let a non-ASCII scan pass.
     if code.isascii():
         code = code.upper()
     if len(code) > MAX_LENGTH:

@@ -1,7 +1,6 @@
 """Accounts: creation and the start-up bootstrap of ``admin``."""
 
 import logging
-import secrets
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -9,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from traitortrack.db.models import Audit, User
 from traitortrack.domain.roles import Role
-from traitortrack.security import hash_password
+from traitortrack.security import generate_password, hash_password
 from traitortrack.services.commands import Actor
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
     if exists is not None:
         return None
     generated = password is None
-    chosen = password or secrets.token_urlsafe(12)
+    chosen = password or generate_password()
     try:
         await create_user(engine, ADMIN_USERNAME, chosen, Role.ADMIN)
     except UserExists:

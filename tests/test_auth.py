@@ -1,0 +1,322 @@
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+
+import pyotp
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import make_actor
+from tests.web import ADMIN_PASSWORD, alert_text, app_for, csrf_from, sign_in
+from traitortrack.domain.roles import Role
+from traitortrack.runtime import runtime
+from traitortrack.security import hash_password, password_problems, verify_password
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+async def app(settings):
+    app = app_for(settings)
+    async with app.test_app() as test_app:
+        runtime(app).clock = Clock()
+        yield test_app
+
+
+@pytest.fixture
+def clock(app) -> Clock:
+    return runtime(app.app).clock
+
+
+async def _audit_actions(engine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT action FROM audit ORDER BY id"))
+        return [r.action for r in rows]
+
+
+async def test_the_login_form_carries_a_csrf_token_and_signing_in_sets_a_session(app):
+    client = app.test_client()
+    page = await (await client.get("/login")).get_data(as_text=True)
+    assert re.search(r'<input type="hidden" name="csrf_token" value="[^"]+">', page)
+    response = await sign_in(client, "admin", ADMIN_PASSWORD)
+    assert response.status_code == 302
+    assert "tt_auth=" in response.headers.get("Set-Cookie", "")
+    assert (await client.get("/")).status_code == 200
+
+
+async def test_pages_send_anonymous_people_to_the_login_form(app):
+    response = await app.test_client().get("/account")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/account"
+
+
+async def test_a_wrong_password_says_how_many_attempts_are_left(app):
+    response = await sign_in(app.test_client(), "admin", "wrong")
+    assert response.status_code == 401
+    assert "4 attempts left" in alert_text(await response.get_data(as_text=True))
+
+
+async def test_five_failures_lock_the_account_for_fifteen_minutes_then_it_unlocks(
+    app, clock, engine
+):
+    client = app.test_client()
+    for _ in range(4):
+        await sign_in(client, "admin", "wrong")
+    fifth = await sign_in(client, "admin", "wrong")
+    assert "locked for 15 minutes" in alert_text(await fifth.get_data(as_text=True))
+    locked = await sign_in(client, "admin", ADMIN_PASSWORD)
+    message = alert_text(await locked.get_data(as_text=True))
+    assert locked.status_code == 401
+    assert "Try again in 15 minutes" in message
+    clock.advance(minutes=15, seconds=1)
+    assert (await sign_in(client, "admin", ADMIN_PASSWORD)).status_code == 302
+    actions = await _audit_actions(engine)
+    assert actions.count("login.failed") == 4
+    assert {"login.locked", "login.while_locked", "login.password_ok"} <= set(actions)
+
+
+async def test_unknown_users_spend_a_password_check_like_real_ones(app, monkeypatch):
+    import bcrypt
+
+    calls = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda *a: calls.append(1) or real(*a))
+    response = await sign_in(app.test_client(), "nobody-here", "whatever")
+    assert response.status_code == 401
+    assert alert_text(await response.get_data(as_text=True)) == "Invalid username or password."
+    assert calls == [1]
+
+
+async def test_a_missing_csrf_token_is_refused_and_changes_nothing(app, engine):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    response = await client.post(
+        "/account/password",
+        form={
+            "current_password": ADMIN_PASSWORD,
+            "new_password": "Other-pass2",
+            "repeat_password": "Other-pass2",
+        },
+    )
+    assert response.status_code == 403
+    assert "Reload the page" in await response.get_data(as_text=True)
+    async with engine.connect() as conn:
+        hashed = (
+            await conn.execute(text("SELECT password_hash FROM \"user\" WHERE username='admin'"))
+        ).scalar_one()
+    assert verify_password(ADMIN_PASSWORD, hashed)
+
+
+async def test_a_json_write_with_a_wrong_csrf_header_gets_a_json_403(app):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    response = await client.post("/logout", headers={"X-CSRF-Token": "forged"}, json={})
+    assert response.status_code == 403
+    assert "nothing was changed" in (await response.get_json())["error"]
+
+
+async def test_changing_the_password_signs_out_other_sessions_but_not_this_one(app):
+    this, other = app.test_client(), app.test_client()
+    await sign_in(this, "admin", ADMIN_PASSWORD)
+    await sign_in(other, "admin", ADMIN_PASSWORD)
+    token = await csrf_from(this, "/account")
+    response = await this.post(
+        "/account/password",
+        form={
+            "csrf_token": token,
+            "current_password": ADMIN_PASSWORD,
+            "new_password": "Fresh-pass2!",
+            "repeat_password": "Fresh-pass2!",
+        },
+    )
+    assert response.status_code == 200
+    assert (await this.get("/")).status_code == 200
+    assert (await other.get("/")).status_code == 302
+
+
+async def test_admins_are_signed_out_after_thirty_idle_minutes(app, clock):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    clock.advance(minutes=29)
+    assert (await client.get("/")).status_code == 200
+    clock.advance(minutes=29)
+    assert (await client.get("/")).status_code == 200
+    clock.advance(minutes=31)
+    assert (await client.get("/")).status_code == 302
+
+
+async def test_dispatchers_stay_signed_in_for_a_twelve_hour_shift(app, clock, engine):
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    client = app.test_client()
+    await sign_in(client, "ravi", "Secret-pass1")
+    clock.advance(hours=11, minutes=59)
+    assert (await client.get("/")).status_code == 200
+    clock.advance(minutes=2)
+    assert (await client.get("/")).status_code == 302
+
+
+async def test_a_next_address_on_another_site_is_ignored(app):
+    token = await csrf_from(app.test_client())
+    client = app.test_client()
+    token = await csrf_from(client)
+    response = await client.post(
+        "/login?next=//evil.example/x",
+        form={"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/"
+
+
+async def _enrol_totp(client) -> tuple[str, list[str]]:
+    token = await csrf_from(client, "/account")
+    page = await (await client.post("/account/2fa/start", form={"csrf_token": token})).get_data(
+        as_text=True
+    )
+    assert "<svg" in page
+    secret = re.search(r"Enter this key: <code>([A-Z2-7]+)</code>", page).group(1)
+    code = pyotp.TOTP(secret).now()
+    done = await (
+        await client.post("/account/2fa/confirm", form={"csrf_token": token, "totp": code})
+    ).get_data(as_text=True)
+    codes = re.findall(r"<li><code>([0-9a-f]{6}-[0-9a-f]{6})</code></li>", done)
+    assert len(codes) == 10
+    return secret, codes
+
+
+async def _second_factor(client, code: str):
+    token = await csrf_from(client, "/login/totp")
+    return await client.post("/login/totp", form={"csrf_token": token, "totp": code})
+
+
+async def test_an_admin_with_two_factor_needs_a_code_that_works_only_once(app, clock):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    secret, _ = await _enrol_totp(client)
+    clock.advance(seconds=60)
+    fresh = app.test_client()
+    first = await sign_in(fresh, "admin", ADMIN_PASSWORD)
+    assert first.headers["Location"].startswith("/login/totp")
+    assert (await fresh.get("/")).status_code == 302  # not signed in before the code
+    code = pyotp.TOTP(secret).at(clock.now)
+    assert (await _second_factor(fresh, code)).status_code == 302
+    assert (await fresh.get("/")).status_code == 200
+    replay = app.test_client()
+    await sign_in(replay, "admin", ADMIN_PASSWORD)
+    refused = await _second_factor(replay, code)
+    assert refused.status_code == 401
+    assert (await replay.get("/")).status_code == 302
+
+
+async def test_a_recovery_code_signs_in_once(app, clock, engine):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    _, codes = await _enrol_totp(client)
+    for expected in (302, 401):
+        other = app.test_client()
+        await sign_in(other, "admin", ADMIN_PASSWORD)
+        assert (await _second_factor(other, codes[0])).status_code == expected
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(
+                text("SELECT cardinality(recovery_codes) FROM \"user\" WHERE username='admin'")
+            )
+        ).scalar_one()
+    assert left == 9
+
+
+async def test_sign_in_is_rate_limited_per_account_with_a_retry_time(app):
+    statuses = []
+    for _ in range(12):
+        statuses.append((await sign_in(app.test_client(), "ghost", "x")).status_code)
+    assert statuses[:10] == [401] * 10
+    assert statuses[10] == 429
+    limited = await sign_in(app.test_client(), "ghost", "x")
+    assert int(limited.headers["Retry-After"]) > 0
+    assert "Try again in" in await limited.get_data(as_text=True)
+
+
+async def test_rate_limits_are_shared_by_two_app_instances_through_redis(
+    settings, redis_server, redis_prefix
+):
+    first = app_for(settings, redis_url=redis_server, redis_prefix=redis_prefix)
+    second = app_for(settings, redis_url=redis_server, redis_prefix=redis_prefix)
+    async with first.test_app() as a, second.test_app() as b:
+        statuses = []
+        for i in range(12):
+            client = (a if i % 2 else b).test_client()
+            statuses.append((await sign_in(client, "shared", "x")).status_code)
+    assert statuses.count(429) == 2
+
+
+@pytest.mark.parametrize(
+    "path", ["/login", "/health", "/", "/no-such-page", "/static/css/app.css", "/account"]
+)
+async def test_security_headers_are_on_every_response(app, path):
+    response = await app.test_client().get(path)
+    for header in (
+        "Content-Security-Policy",
+        "X-Frame-Options",
+        "X-Content-Type-Options",
+        "Referrer-Policy",
+        "Permissions-Policy",
+    ):
+        assert header in response.headers, (path, header)
+    assert "Strict-Transport-Security" not in response.headers  # development is plain http
+    assert "http" not in response.headers["Content-Security-Policy"]
+
+
+async def test_production_sends_hsts_and_secure_cookies(settings):
+    app = app_for(settings, env="production")
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        response = await client.get("/login")
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_passwords_longer_than_72_bytes_are_never_truncated():
+    base = "A" * 72
+    hashed = hash_password(base + "-first", rounds=4)
+    assert verify_password(base + "-first", hashed)
+    assert not verify_password(base + "-other", hashed)
+    assert not verify_password(base, hashed)
+
+
+@pytest.mark.parametrize("filler", ["é", "€", "😀"])
+def test_multibyte_passwords_near_the_bcrypt_boundary_keep_every_byte(filler):
+    password = filler * (80 // len(filler.encode()))
+    hashed = hash_password(password, rounds=4)
+    assert verify_password(password, hashed)
+    assert not verify_password(password[:-1] + "x", hashed)
+
+
+@pytest.mark.parametrize(
+    ("password", "missing"),
+    [
+        ("Short1!", ["at least 8 characters"]),
+        ("alllower1!", ["an upper-case letter"]),
+        ("ALLUPPER1!", ["a lower-case letter"]),
+        ("NoDigits!!", ["a digit"]),
+        ("NoSymbol12", ["a symbol"]),
+        ("Good-pass1", []),
+    ],
+)
+def test_new_passwords_follow_the_complexity_rules(password, missing):
+    assert password_problems(password) == missing
+
+
+async def test_concurrent_wrong_passwords_cannot_skip_the_lockout(app, engine):
+    await asyncio.gather(*(sign_in(app.test_client(), "admin", "wrong") for _ in range(5)))
+    async with engine.connect() as conn:
+        locked = (
+            await conn.execute(text("SELECT locked_until FROM \"user\" WHERE username='admin'"))
+        ).scalar_one()
+    assert locked is not None

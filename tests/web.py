@@ -1,0 +1,39 @@
+"""Helpers for driving the app like a browser: sign in through the real form."""
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from quart import Quart
+from quart.testing import QuartClient
+
+from traitortrack import create_app
+from traitortrack.config import Settings
+
+ADMIN_PASSWORD = "Admin-pass1"
+_CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
+
+
+def app_for(settings: Settings, **changes: Any) -> Quart:
+    return create_app(replace(settings, admin_password=ADMIN_PASSWORD, **changes))
+
+
+async def csrf_from(client: QuartClient, path: str = "/login") -> str:
+    response = await client.get(path)
+    match = _CSRF.search(await response.get_data(as_text=True))
+    assert match, f"no csrf meta tag on {path}"
+    return match.group(1)
+
+
+async def sign_in(client: QuartClient, username: str, password: str, **extra: str) -> Any:
+    token = await csrf_from(client)
+    return await client.post(
+        "/login",
+        form={"username": username, "password": password, "csrf_token": token, **extra},
+    )
+
+
+def alert_text(html: str) -> str:
+    """The first error banner on a page."""
+    match = re.search(r'class="banner error" role="alert">([^<]+)<', html)
+    return match.group(1).strip() if match else ""

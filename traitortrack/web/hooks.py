@@ -1,0 +1,200 @@
+"""What happens around every request: request id, who is signed in, session expiry, CSRF,
+security headers, friendly errors."""
+
+import logging
+import re
+import uuid
+from datetime import timedelta
+
+from quart import (
+    Quart,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from quart_auth import AuthUser, current_user, login_user, logout_user
+from werkzeug.exceptions import HTTPException
+
+from traitortrack.domain.roles import Role
+from traitortrack.runtime import runtime
+from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
+from traitortrack.services.accounts import Account, Origin, load_account
+
+log = logging.getLogger(__name__)
+
+INACTIVITY_LIMIT = timedelta(minutes=30)
+SHIFT_LENGTH = timedelta(hours=12)
+INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CAMERA_ENDPOINTS = frozenset({"scan.scanner"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CSRF_MESSAGE = (
+    "This form has expired or did not come from this site, so nothing was changed. "
+    "Reload the page and try again."
+)
+
+
+def csrf_token() -> str:
+    token = session.get("csrf")
+    if token is None:
+        token = session["csrf"] = new_token()
+    return token
+
+
+def origin() -> Origin:
+    return Origin(g.get("request_id"), anonymize_ip(request.remote_addr))
+
+
+def session_deadline(who: Account) -> float:
+    """When this session ends (epoch seconds): 30 minutes idle, or the end of a 12-hour shift."""
+    if who.role in INACTIVITY_ROLES:
+        return session.get("seen", 0) + INACTIVITY_LIMIT.total_seconds()
+    return session.get("login_at", 0) + SHIFT_LENGTH.total_seconds()
+
+
+def begin_session(who: Account) -> None:
+    """Sign in with a fresh session (new CSRF token: no fixation from before sign-in)."""
+    now = runtime().clock().timestamp()
+    session.clear()
+    session.update(csrf=new_token(), login_at=now, seen=now)
+    session.permanent = True
+    login_user(AuthUser(who.auth_id))
+
+
+def end_session() -> None:
+    session.clear()
+    logout_user()
+
+
+async def _load_account() -> None:
+    auth_id = current_user.auth_id
+    if auth_id is None:
+        return
+    who = await load_account(runtime().engine, auth_id)
+    now = runtime().clock().timestamp()
+    if who is None or now > session_deadline(who):
+        end_session()
+        g.signed_out = "Your session ended. Sign in again." if who is not None else None
+        return
+    g.account = who
+    if who.role in INACTIVITY_ROLES and request.endpoint != "static":
+        session["seen"] = now
+
+
+def _csrf_ok() -> bool:
+    given = request.headers.get("X-CSRF-Token")
+    return tokens_match(session.get("csrf"), given)
+
+
+async def _before_request() -> Response | tuple[Response, int] | tuple[str, int] | None:
+    given_id = request.headers.get("X-Request-ID", "")
+    g.request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
+    if request.endpoint in {"static", "health.health", "health.ready"}:
+        return None
+    await _load_account()
+    if request.method in UNSAFE_METHODS and not _csrf_ok():
+        form_token = (
+            (await request.form).get("csrf_token")
+            if request.mimetype
+            in {
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            }
+            else None
+        )
+        if not tokens_match(session.get("csrf"), form_token):
+            log.warning("csrf rejected", extra={"endpoint": request.endpoint})
+            if request.is_json or request.path.startswith("/api/"):
+                return jsonify(error=CSRF_MESSAGE), 403
+            return await render_template("errors/error.html", code=403, message=CSRF_MESSAGE), 403
+    return None
+
+
+async def _after_request(response: Response) -> Response:
+    production = runtime().settings.is_production
+    camera = request.endpoint in CAMERA_ENDPOINTS
+    for name, value in security_headers(production, camera).items():
+        response.headers.setdefault(name, value)
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    if g.get("account") is not None:
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def _http_error(error: HTTPException) -> Response | tuple[Response | str, int]:
+    code = error.code or 500
+    message = {
+        404: "There is nothing here. Check the address, or go back to the start page.",
+        405: "That action is not available here.",
+        413: "That request is too large; nothing was saved.",
+        429: "Too many attempts. Wait a moment before trying again.",
+    }.get(code, error.description or "Something went wrong.")
+    if code == 429 and (retry := error.get_headers()):
+        seconds = dict(retry).get("Retry-After")
+        if seconds:
+            message = f"Too many attempts. Try again in {seconds} seconds."
+    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+        response = jsonify(error=message)
+    else:
+        response = Response(await render_template("errors/error.html", code=code, message=message))
+    response.status_code = code
+    for name, value in error.get_headers():
+        if name.lower() == "retry-after":
+            response.headers[name] = value
+    return response
+
+
+async def _server_error(error: Exception) -> tuple[str, int]:
+    log.exception("unhandled error", extra={"request_id": g.get("request_id")})
+    message = (
+        "Something went wrong on our side and nothing was saved. Try again; if it keeps "
+        f"happening, tell an admin this reference: {g.get('request_id', '-')}."
+    )
+    return await render_template("errors/error.html", code=500, message=message), 500
+
+
+# Navigation, in order; an entry shows only once its page exists and the role may open it.
+NAVIGATION = (
+    ("Scan", "scan.scanner"),
+    ("Bills", "bills.index"),
+    ("Bags", "bags.search"),
+    ("Wall", "dashboard.wall"),
+    ("Health", "admin.system_health"),
+    ("Users", "admin.users"),
+    ("Audit", "admin.audit"),
+    ("Account", "auth.account_page"),
+)
+
+
+def nav_items() -> list[tuple[str, str]]:
+    who = g.get("account")
+    if who is None:
+        return []
+    items = []
+    for label, endpoint in NAVIGATION:
+        view = current_app.view_functions.get(endpoint)
+        if view is not None and who.role in getattr(view, "access", ("", frozenset()))[1]:
+            items.append((label, url_for(endpoint)))
+    return items
+
+
+def install(app: Quart) -> None:
+    app.before_request(_before_request)
+    app.after_request(_after_request)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
+
+    @app.context_processor
+    async def template_globals() -> dict[str, object]:
+        who = g.get("account")
+        return {
+            "account": who,
+            "csrf_token": csrf_token,
+            "nav_items": nav_items,
+            "session_deadline": session_deadline(who) if who else None,
+        }
