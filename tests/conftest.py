@@ -76,7 +76,7 @@ def settings(database_url: str, tmp_path) -> Settings:
         session_secret="test-secret-" + "x" * 40,
         data_dir=tmp_path,
         db_pool_size=20,
-        db_max_overflow=40,
+        db_max_overflow=30,
     )
 
 

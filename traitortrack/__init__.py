@@ -14,7 +14,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     from traitortrack import runtime
     from traitortrack.logs import configure_logging
-    from traitortrack.web import auth, dashboard, health, hooks, limits
+    from traitortrack.web import admin, api, auth, dashboard, health, hooks, limits, ws
 
     settings = settings or Settings.from_env()
     configure_logging(settings.is_production)
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     # Hooks first: the rate limits key on the account the hooks load.
     hooks.install(app)
     limits.install(app, settings)
-    for module in (health, auth, dashboard):
+    for module in (health, auth, dashboard, admin, api, ws):
         app.register_blueprint(module.blueprint)
 
     @app.before_serving

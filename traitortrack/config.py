@@ -43,6 +43,8 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 10
     migrate_on_start: bool = True
+    # The warehouses' day for "today" counters.
+    timezone: str = "Asia/Kolkata"
 
     @property
     def is_production(self) -> bool:
@@ -83,6 +85,7 @@ class Settings:
             db_pool_size=int(environ.get("DB_POOL_SIZE", "20")),
             db_max_overflow=int(environ.get("DB_MAX_OVERFLOW", "10")),
             migrate_on_start=environ.get("MIGRATE_ON_START", "1") != "0",
+            timezone=environ.get("TRAITORTRACK_TZ", "Asia/Kolkata"),
         )
         return settings.checked()
 

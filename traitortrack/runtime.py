@@ -19,6 +19,7 @@ from traitortrack.config import Settings
 from traitortrack.db.embedded import start_embedded_postgres
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
+from traitortrack.realtime.live import Live
 from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     redis: Redis | None
+    live: "Live"
     # Replaceable so tests can move time (lockouts, session expiry, TOTP steps).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -65,7 +67,9 @@ async def start(app: Quart, settings: Settings) -> None:
             flush=True,
         )
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    app.extensions["traitortrack"] = Runtime(settings, engine, redis)
+    state = Runtime(settings, engine, redis, live=None)  # type: ignore[arg-type]
+    state.live = await Live.start(engine, settings, lambda: state.clock())
+    app.extensions["traitortrack"] = state
     log.info("worker ready", extra={"redis": settings.redis_url is not None})
 
 
@@ -73,6 +77,7 @@ async def stop(app: Quart) -> None:
     state = app.extensions.pop("traitortrack", None)
     if state is None:
         return
+    await state.live.stop()
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()

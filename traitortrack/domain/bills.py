@@ -64,7 +64,8 @@ def normalize_description(raw: object) -> str:
             "DESCRIPTION_TOO_LONG",
             f"Description too long (max {MAX_DESCRIPTION_LENGTH} characters).",
         )
-    if "\x00" in description:
+    # PostgreSQL text can hold neither NUL nor a lone surrogate (UTF-8 cannot encode one).
+    if "\x00" in description or any("\ud800" <= char <= "\udfff" for char in description):
         raise BadInput("DESCRIPTION_INVALID", "Description contains invalid characters.")
     return description
 

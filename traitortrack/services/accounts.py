@@ -139,7 +139,7 @@ async def authenticate(
                     User.failed_logins,
                     User.locked_until,
                 )
-                .where(func.lower(User.username) == username.lower())
+                .where(func.lower(User.username) == func.lower(username))
                 .with_for_update()
             )
         ).one_or_none()

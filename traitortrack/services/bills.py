@@ -56,7 +56,9 @@ async def _lock_bill(tx: Tx, number: str) -> tuple[Row[Any], BillTotals]:
     row = (
         await tx.conn.execute(
             select(Bill.id, Bill.number, Bill.description, Bill.capacity, Bill.status)
-            .where(func.lower(Bill.number) == number.lower())
+            # lower() on both sides in SQL: Python's str.lower() differs from PostgreSQL's for
+            # some letters ("İ", a final "Σ"), and the unique index uses PostgreSQL's.
+            .where(func.lower(Bill.number) == func.lower(number))
             .with_for_update()
         )
     ).one_or_none()
@@ -197,7 +199,7 @@ async def link_bill_parent(
                 bag = await _parent_for_bill(tx.conn, bag_code)
                 parent = parent_json(bag.code, bag.child_count, bag.status)
                 if bag.bill_number is not None:
-                    if bag.bill_number.lower() != bill_number.lower():
+                    if bag.bill_number != row.number:
                         raise rules.parent_on_other_bill(bag_code, bag.bill_number)
                     data = {"bill": bill_json(row, totals, row.status), "parent": parent}
                     message = f"{bag_code} is already on bill {row.number} ({totals.progress()})"

@@ -194,7 +194,7 @@ async def _run_once(
         answer = await use_case(tx)
         if not await _insert_scan(conn, actor, command, client_id, answer, None):
             raise _AlreadyRecorded
-        published = await _write_outbox(tx)
+        published = await write_outbox(tx)
     return Result(answer.outcome, answer.message, None, answer.data, published)
 
 
@@ -255,7 +255,7 @@ async def _insert_scan(
     return (await conn.execute(statement)).first() is not None
 
 
-async def _write_outbox(tx: Tx) -> tuple[PublishedEvent, ...]:
+async def write_outbox(tx: Tx) -> tuple[PublishedEvent, ...]:
     if tx.audits:
         await tx.conn.execute(insert(Audit), tx.audits)
     if not tx.events:

@@ -95,7 +95,7 @@ async def actor_for(engine: AsyncEngine, username: str) -> Actor:
         row = (
             await conn.execute(
                 select(User.id, User.username, User.role, User.area).where(
-                    func.lower(User.username) == username.lower(), User.active
+                    func.lower(User.username) == func.lower(username), User.active
                 )
             )
         ).one_or_none()

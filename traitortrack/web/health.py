@@ -5,18 +5,21 @@ import logging
 from quart import Blueprint
 
 from traitortrack.runtime import runtime
+from traitortrack.web.access import public
 
 blueprint = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
 
 
 @blueprint.get("/health")
+@public
 async def health() -> dict[str, str]:
     """The process is up and answering; says nothing about its dependencies."""
     return {"status": "ok"}
 
 
 @blueprint.get("/ready")
+@public
 async def ready() -> tuple[dict[str, object], int]:
     """Ready to take traffic: the database answers, and so does the bus when configured."""
     state = runtime()

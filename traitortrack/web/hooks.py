@@ -94,8 +94,12 @@ def _csrf_ok() -> bool:
 async def _before_request() -> Response | tuple[Response, int] | tuple[str, int] | None:
     given_id = request.headers.get("X-Request-ID", "")
     g.request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
-    if request.endpoint in {"static", "health.health", "health.ready"}:
-        return None
+    if request.routing_exception is not None or request.endpoint in {
+        "static",
+        "health.health",
+        "health.ready",
+    }:
+        return None  # 404/405 answer on their own; nothing here can change state
     await _load_account()
     if request.method in UNSAFE_METHODS and not _csrf_ok():
         form_token = (

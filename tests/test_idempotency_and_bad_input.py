@@ -1,0 +1,320 @@
+"""SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import make_actor
+from traitortrack.domain.outcomes import Outcome
+from traitortrack.domain.roles import Role
+from traitortrack.services.bags import delete_bag
+from traitortrack.services.bills import create_bill, edit_bill, link_bill_parent
+from traitortrack.services.scans import finish_parent, link_child, scan_parent, undo_last_child
+
+PARENT = "SB12345"
+CODE_MESSAGES = {
+    "QR code cannot be empty",
+    "QR code too long (max 100 characters)",
+    "QR code too short (min 4 characters)",
+    "QR code contains invalid characters",
+    "Parent bag QR must be format SB##### (e.g., SB00001) or M444-##### (e.g., M444-00001)",
+    "Child bag QR must be 4-20 alphanumeric characters",
+}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def value(engine, sql: str, **params):
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar()
+
+
+async def snapshot(engine) -> dict[str, int]:
+    """Row counts of every table, to prove a command wrote nothing anywhere."""
+    async with engine.connect() as conn:
+        tables = (
+            await conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        ).scalars()
+        return {
+            table: (await conn.execute(text(f'SELECT count(*) FROM "{table}"'))).scalar()
+            for table in sorted(tables)
+        }
+
+
+def answer(result) -> tuple:
+    return (result.outcome, result.message, result.error, result.data)
+
+
+# Idempotency.
+
+
+async def test_one_client_id_sent_ten_times_at_once_creates_one_parent(engine, dispatcher):
+    client_id = new_id()
+
+    results = await asyncio.gather(
+        *(scan_parent(engine, dispatcher, client_id, PARENT) for _ in range(10))
+    )
+
+    assert [answer(result) for result in results] == [answer(results[0])] * 10
+    assert results[0].message == "SB12345 created (0/30), scan child bags"
+    assert sum(not result.replayed for result in results) == 1
+    assert await value(engine, "SELECT count(*) FROM scan") == 1
+    assert await value(engine, "SELECT count(*) FROM bag") == 1
+    assert await value(engine, "SELECT count(*) FROM event") == 1
+
+
+async def test_one_client_id_sent_ten_times_at_once_links_the_child_once(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+
+    results = await asyncio.gather(
+        *(link_child(engine, dispatcher, client_id, PARENT, "ABC123") for _ in range(10))
+    )
+
+    assert [answer(result) for result in results] == [answer(results[0])] * 10
+    assert (results[0].outcome, results[0].message) == (Outcome.OK, "ABC123 linked (1/30)")
+    assert await value(engine, "SELECT count(*) FROM scan WHERE action = 'link_child'") == 1
+    assert await value(engine, "SELECT count(*) FROM link") == 1
+    assert await value(engine, "SELECT child_count FROM bag WHERE code = :c", c=PARENT) == 1
+    assert await value(engine, "SELECT count(*) FROM event WHERE kind = 'child.linked'") == 1
+
+
+async def test_one_refused_client_id_sent_ten_times_at_once_is_refused_alike(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+
+    results = await asyncio.gather(
+        *(link_child(engine, dispatcher, client_id, PARENT, PARENT) for _ in range(10))
+    )
+
+    assert [answer(result) for result in results] == [
+        (Outcome.REJECTED, "Cannot link SB12345 to itself.", "SELF_LINK", {})
+    ] * 10
+    assert await value(engine, "SELECT count(*) FROM scan WHERE action = 'link_child'") == 1
+
+
+async def test_replayed_scan_returns_the_first_answer_and_changes_nothing(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+    first = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+    before = await snapshot(engine)
+
+    replay = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+
+    assert first.replayed is False
+    assert replay.replayed is True
+    assert answer(replay) == answer(first)
+    assert replay.events == ()
+    assert await snapshot(engine) == before
+
+
+async def test_replay_after_the_world_moved_on_still_answers_as_the_first_time(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+    first = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+    await undo_last_child(engine, dispatcher, new_id(), PARENT)
+    before = await snapshot(engine)
+
+    replay = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+
+    assert answer(replay) == answer(first)
+    assert await snapshot(engine) == before
+    assert await value(engine, "SELECT count(*) FROM link") == 0
+
+
+async def test_replay_naming_another_code_still_returns_the_first_answer(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+    first = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+
+    replay = await link_child(engine, dispatcher, client_id, PARENT, "XYZ789")
+
+    assert answer(replay) == answer(first)
+    assert await value(engine, "SELECT count(*) FROM bag WHERE code = 'XYZ789'") == 0
+
+
+async def test_replayed_refusal_is_the_same_refusal(engine, dispatcher):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    await scan_parent(engine, dispatcher, new_id(), "SB11111")
+    await link_child(engine, dispatcher, new_id(), "SB11111", "ABC123")
+    client_id = new_id()
+    first = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+    before = await snapshot(engine)
+
+    replay = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+
+    assert first.error == "CHILD_LINKED_ELSEWHERE"
+    assert answer(replay) == answer(first)
+    assert replay.replayed is True
+    assert await snapshot(engine) == before
+
+
+async def test_replayed_bill_creation_creates_one_bill(engine, biller):
+    client_id = new_id()
+    first = await create_bill(engine, biller, client_id, "B-001", 5)
+    before = await snapshot(engine)
+
+    replay = await create_bill(engine, biller, client_id, "B-001", 5)
+
+    assert answer(replay) == answer(first)
+    assert replay.replayed is True
+    assert await snapshot(engine) == before
+
+
+async def test_client_ids_belong_to_their_user(engine, dispatcher):
+    colleague = await make_actor(engine, Role.DISPATCHER, "jaipur")
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    client_id = new_id()
+
+    mine = await link_child(engine, dispatcher, client_id, PARENT, "ABC123")
+    theirs = await link_child(engine, colleague, client_id, PARENT, "XYZ789")
+
+    assert (mine.message, theirs.message) == ("ABC123 linked (1/30)", "XYZ789 linked (2/30)")
+    assert theirs.replayed is False
+
+
+# Bad input.
+
+BAD_CODES = {
+    "int": 123,
+    "float": 12.5,
+    "list": ["SB12345"],
+    "dict": {"code": "SB12345"},
+    "bytes": b"SB12345",
+    "10KB": "S" * 10_240,
+    "NUL": "SB12\x00345",
+    "NULs": "\x00" * 8,
+    "fullwidth-digits": "SB\uff11\uff12\uff13\uff14\uff15",
+    "arabic-indic-digits": "SB\u0661\u0662\u0663\u0664\u0665",
+    "whitespace": "   ",
+    "lone-surrogates": "\ud800\udfff\ud800\udfff",
+}
+each_bad_code = pytest.mark.parametrize("code", list(BAD_CODES.values()), ids=list(BAD_CODES))
+
+
+@each_bad_code
+async def test_bad_parent_code_is_refused_and_writes_nothing(engine, dispatcher, code):
+    before = await snapshot(engine)
+
+    result = await scan_parent(engine, dispatcher, new_id(), code)
+
+    assert (result.outcome, result.error) == (Outcome.REJECTED, "INVALID_CODE")
+    assert result.message in CODE_MESSAGES
+    assert await snapshot(engine) == before
+
+
+@each_bad_code
+async def test_bad_child_code_is_refused_and_writes_nothing(engine, dispatcher, code):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    before = await snapshot(engine)
+
+    result = await link_child(engine, dispatcher, new_id(), PARENT, code)
+
+    assert (result.outcome, result.error) == (Outcome.REJECTED, "INVALID_CODE")
+    assert result.message in CODE_MESSAGES
+    assert await snapshot(engine) == before
+
+
+# The remaining tables run in one database per test: a database per row would be slow.
+
+
+@pytest.mark.parametrize("command", [link_child, undo_last_child, finish_parent])
+async def test_bad_parent_named_by_a_command_is_refused_and_writes_nothing(
+    engine, dispatcher, command
+):
+    before = await snapshot(engine)
+
+    for name, code in BAD_CODES.items():
+        arguments = (code, "ABC123") if command is link_child else (code,)
+        result = await command(engine, dispatcher, new_id(), *arguments)
+        assert (result.outcome, result.error) == (Outcome.REJECTED, "INVALID_CODE"), name
+        assert result.message in CODE_MESSAGES, name
+    assert await snapshot(engine) == before
+
+
+@pytest.mark.parametrize("command", [link_child, undo_last_child, finish_parent])
+async def test_unknown_parent_is_refused_and_writes_nothing(engine, dispatcher, command):
+    before = await snapshot(engine)
+    arguments = ("SB99999", "ABC123") if command is link_child else ("SB99999",)
+
+    result = await command(engine, dispatcher, new_id(), *arguments)
+
+    assert (result.outcome, result.error) == (Outcome.REJECTED, "PARENT_NOT_FOUND")
+    assert "SB99999 is not registered" in result.message
+    assert await snapshot(engine) == before
+
+
+async def test_bad_or_unknown_bag_for_a_bill_or_deletion_is_refused_and_writes_nothing(
+    engine, biller, admin
+):
+    await create_bill(engine, biller, new_id(), "B-001", 5)
+    before = await snapshot(engine)
+
+    for name, code in {**BAD_CODES, "unknown": "NOPE1"}.items():
+        linked = await link_bill_parent(engine, biller, new_id(), "B-001", code)
+        deleted = await delete_bag(engine, admin, new_id(), code)
+        expected = "BAG_NOT_FOUND" if name == "unknown" else "INVALID_CODE"
+        for result in (linked, deleted):
+            assert (result.outcome, result.error) == (Outcome.REJECTED, expected), name
+            assert result.message, name
+    assert await snapshot(engine) == before
+
+
+@pytest.mark.parametrize(
+    "number",
+    [None, "", "   ", 7, ["B-1"], "B" * 51, "B" * 10_240, "B-\x00-1", "B\n1", "B\ud8001"],
+)
+async def test_bad_bill_number_is_refused_and_writes_nothing(engine, biller, number):
+    before = await snapshot(engine)
+
+    created = await create_bill(engine, biller, new_id(), number, 5)
+    edited = await edit_bill(engine, biller, new_id(), number, capacity=5)
+
+    for result in (created, edited):
+        assert result.outcome == Outcome.REJECTED
+        assert result.error.startswith("BILL_NUMBER_")
+        assert result.message.startswith("Bill number")
+    assert await snapshot(engine) == before
+
+
+BAD_CLIENT_IDS = {
+    "empty": "",
+    "65-chars": "x" * 65,
+    "1000-chars": "x" * 1000,
+    "None": None,
+    "int": 123,
+    "bytes": b"abc",
+    "list": ["abc"],
+    "control-character": "tab\tid",
+    "NUL": "id\x00",
+    "non-ascii": "ïd",
+}
+
+
+async def test_bad_client_id_is_refused_and_writes_nothing(engine, dispatcher, biller):
+    await scan_parent(engine, dispatcher, new_id(), PARENT)
+    before = await snapshot(engine)
+
+    for name, client_id in BAD_CLIENT_IDS.items():
+        results = [
+            await scan_parent(engine, dispatcher, client_id, "SB22222"),
+            await link_child(engine, dispatcher, client_id, PARENT, "ABC123"),
+            await undo_last_child(engine, dispatcher, client_id, PARENT),
+            await finish_parent(engine, dispatcher, client_id, PARENT),
+            await create_bill(engine, biller, client_id, "B-001", 5),
+        ]
+        for result in results:
+            assert (result.outcome, result.error) == (Outcome.REJECTED, "INVALID_CLIENT_ID"), name
+            assert "client id" in result.message, name
+    assert await snapshot(engine) == before
+
+
+async def test_client_id_of_sixty_four_printable_characters_is_accepted(engine, dispatcher):
+    result = await scan_parent(engine, dispatcher, "~" * 64, PARENT)
+
+    assert result.ok
+    assert await value(engine, "SELECT client_id FROM scan") == "~" * 64

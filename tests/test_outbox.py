@@ -1,0 +1,69 @@
+from sqlalchemy import text
+
+from traitortrack.realtime.outbox import OutboxReader, newest_id
+
+INSERT = text(
+    "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
+)
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _reader(engine, ticks: Ticks) -> OutboxReader:
+    async with engine.connect() as conn:
+        return OutboxReader(await newest_id(conn), grace_s=3.0, clock=ticks)
+
+
+async def test_an_event_that_commits_late_is_delivered_before_later_ids(engine):
+    reader = await _reader(engine, Ticks())
+    async with engine.connect() as slow, engine.connect() as fast, engine.connect() as poll:
+        early = (await slow.execute(INSERT)).scalar_one()
+        late = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        assert await reader.poll(poll) == []  # id `early` is still in flight
+        await slow.commit()
+        assert [e.id for e in await reader.poll(poll)] == [early, late]
+
+
+async def test_a_rolled_back_id_is_skipped_after_the_grace_period(engine):
+    ticks = Ticks()
+    reader = await _reader(engine, ticks)
+    async with engine.connect() as doomed, engine.connect() as fast, engine.connect() as poll:
+        await doomed.execute(INSERT)
+        kept = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        assert await reader.poll(poll) == []
+        await doomed.rollback()
+        ticks.now = 3.5
+        assert [e.id for e in await reader.poll(poll)] == [kept]
+
+
+async def test_an_id_given_up_on_that_commits_later_is_still_delivered(engine):
+    ticks = Ticks()
+    reader = await _reader(engine, ticks)
+    async with engine.connect() as slow, engine.connect() as fast, engine.connect() as poll:
+        straggler = (await slow.execute(INSERT)).scalar_one()
+        kept = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        assert await reader.poll(poll) == []
+        ticks.now = 3.5
+        assert [e.id for e in await reader.poll(poll)] == [kept]
+        assert await reader.late(poll) == []
+        await slow.commit()
+        assert [e.id for e in await reader.late(poll)] == [straggler]
+        assert await reader.late(poll) == []
+
+
+async def test_the_reader_delivers_each_event_once(engine):
+    reader = await _reader(engine, Ticks())
+    async with engine.connect() as writer, engine.connect() as poll:
+        ids = [(await writer.execute(INSERT)).scalar_one() for _ in range(3)]
+        await writer.commit()
+        assert [e.id for e in await reader.poll(poll)] == ids
+        assert await reader.poll(poll) == []

@@ -1,0 +1,166 @@
+import asyncio
+import json
+import uuid
+
+import pytest
+from quart.testing import WebsocketResponseError
+from sqlalchemy import text
+
+from tests.conftest import make_actor
+from tests.web import ADMIN_PASSWORD, app_for, sign_in
+from traitortrack.domain.roles import Role
+
+
+@pytest.fixture
+async def app(settings):
+    app = app_for(settings)
+    async with app.test_app() as test_app:
+        yield test_app
+
+
+async def _receive_until(ws, kind: str, seconds: float = 3.0) -> dict:
+    async with asyncio.timeout(seconds):
+        while True:
+            message = json.loads(await ws.receive())
+            if message["type"] == kind:
+                return message
+
+
+async def _dispatcher_client(app, engine, name="ravi", area="jaipur"):
+    await make_actor(engine, Role.DISPATCHER, area, name=name)
+    client = app.test_client()
+    await sign_in(client, name, "Secret-pass1")
+    return client
+
+
+async def test_an_anonymous_websocket_is_refused_before_it_opens(app):
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with app.test_client().websocket("/ws") as ws:
+            await ws.receive()
+    assert refused.value.response.status_code == 401
+
+
+async def test_a_websocket_from_another_site_is_refused(app, engine):
+    client = await _dispatcher_client(app, engine)
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with client.websocket("/ws", headers={"Origin": "https://evil.example"}) as ws:
+            await ws.receive()
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_scan_is_acked_on_the_same_socket_right_after_commit(app, engine):
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+        welcome = await _receive_until(ws, "welcome")
+        assert welcome["role"] == "dispatcher"
+        scan_id = str(uuid.uuid4())
+        await ws.send(
+            json.dumps({"type": "scan", "id": scan_id, "code": "SB10001", "as": "parent"})
+        )
+        ack = await _receive_until(ws, "ack")
+        assert ack["id"] == scan_id
+        assert ack["outcome"] == "ok"
+        assert ack["parent"] == {"code": "SB10001", "children": 0, "status": "pending"}
+        await ws.send(
+            json.dumps(
+                {"type": "scan", "id": "c-1", "code": "kid01", "as": "child", "parent": "SB10001"}
+            )
+        )
+        ack = await _receive_until(ws, "ack")
+        assert ack["message"] == "KID01 linked (1/30)"
+        events = await _receive_until(ws, "events")
+        assert events["events"][0]["kind"] in {"parent.scanned", "child.linked"}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("not json", "JSON objects"),
+        ("[1, 2]", "JSON objects"),
+        ('{"type": "launch"}', "Unknown message type"),
+        ('{"type": "scan", "code": "SB10001", "as": "parent"}', "needs an 'id'"),
+        ('{"type": "scan", "id": "x", "code": "SB10001", "as": "box"}', "'parent' or 'child'"),
+        ('{"type": "hello", "last_event_id": 0}', "must be the first message"),
+    ],
+)
+async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
+    app, engine, message, expected
+):
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        await _receive_until(ws, "welcome")
+        await ws.send(message)
+        error = await _receive_until(ws, "error")
+        assert expected in error["message"]
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await _receive_until(ws, "pong"))["type"] == "pong"
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM scan"))).scalar_one() == 0
+
+
+async def test_a_reconnecting_client_gets_exactly_what_it_missed_in_order(app, engine):
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        start = (await _receive_until(ws, "welcome"))["last_event_id"]
+    other = app.test_client()
+    await sign_in(other, "ravi", "Secret-pass1")
+    token = await _csrf(other)
+    for i in range(50):
+        parent = "SB20001" if i < 25 else "SB20002"
+        body = (
+            {"id": f"s-{i}", "code": parent, "as": "parent"}
+            if i % 25 == 0
+            else {"id": f"s-{i}", "code": f"KID{i:03d}", "as": "child", "parent": parent}
+        )
+        response = await other.post("/api/v1/scans", json=body, headers={"X-CSRF-Token": token})
+        assert (await response.get_json())["outcome"] == "ok"
+    async with engine.connect() as conn:
+        expected = (
+            (
+                await conn.execute(
+                    text("SELECT id FROM event WHERE id > :s ORDER BY id"), {"s": start}
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(expected) == 50
+    await asyncio.sleep(0.2)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello", "last_event_id": start}))
+        await _receive_until(ws, "welcome")
+        seen: list[int] = []
+        async with asyncio.timeout(3):
+            while len(seen) < 50:
+                message = json.loads(await ws.receive())
+                if message["type"] == "events":
+                    seen += [e["id"] for e in message["events"]]
+    assert seen == expected
+
+
+async def _csrf(client) -> str:
+    import re
+
+    page = await (await client.get("/")).get_data(as_text=True)
+    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+async def test_a_display_sees_scans_made_by_a_dispatcher_in_its_area(app, engine):
+    admin = app.test_client()
+    await sign_in(admin, "admin", ADMIN_PASSWORD)
+    dispatcher = await _dispatcher_client(app, engine)
+    async with admin.websocket("/ws?view=wall") as wall, dispatcher.websocket("/ws") as scanner:
+        await wall.send(json.dumps({"type": "hello"}))
+        await scanner.send(json.dumps({"type": "hello"}))
+        await _receive_until(wall, "welcome")
+        await _receive_until(scanner, "welcome")
+        await scanner.send(
+            json.dumps({"type": "scan", "id": "p", "code": "SB30001", "as": "parent"})
+        )
+        events = await _receive_until(wall, "events")
+        assert events["events"][0]["data"]["parent"]["code"] == "SB30001"
+        counters = await _receive_until(wall, "counters")
+        assert counters["areas"]["jaipur"]["parents"] == 1

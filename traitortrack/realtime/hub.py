@@ -1,0 +1,188 @@
+"""The hub: who is connected to this worker, and getting each event to the right ones.
+
+Each connection has a bounded queue of ready-to-send frames. Frames are serialised once per
+audience and the same bytes go to every member. Scanners get event frames at once; wall
+displays and metrics screens get them coalesced (at most ``COALESCE_HZ`` frames a second).
+A connection whose queue overflows is told to resync and dropped from fan-out: a slow client
+never slows the others, nor grows the server's memory.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from traitortrack.domain.events import Event
+from traitortrack.domain.roles import Role
+from traitortrack.realtime.counters import LiveCounters
+
+log = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 256
+COALESCE_HZ = 10
+Audience = frozenset[str] | None  # areas a connection may see; None: all of them
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+class State(StrEnum):
+    PAUSED = "paused"  # registered, holding live frames while its replay is sent
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Connection:
+    role: Role | None  # None for a display link
+    audience: Audience
+    coalesced: bool  # wall displays and metrics screens
+    metrics: bool = False
+    username: str = ""
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    state: State = State.PAUSED
+    held: list[str] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def sees(self, event: Event) -> bool:
+        return self.audience is None or event.area is None or event.area in self.audience
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame; False (and the connection is closed) when it cannot keep up."""
+        if self.state == State.CLOSED:
+            return False
+        if self.state == State.PAUSED:
+            if len(self.held) >= QUEUE_FRAMES:
+                return self._overflow()
+            self.held.append(frame)
+            return True
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            return self._overflow()
+        return True
+
+    def go_live(self) -> None:
+        held, self.held = self.held, []
+        self.state = State.LIVE
+        for frame in held:
+            if not self.offer(frame):
+                return
+
+    def _overflow(self) -> bool:
+        log.warning("client too slow; dropped", extra={"user": self.username})
+        self.state = State.CLOSED
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(encode({"type": "resync", "reason": "too slow: reload"}))
+        self.closed.set()
+        return False
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+        self.closed.set()
+
+
+@dataclass
+class Hub:
+    counters: LiveCounters
+    clock: Callable[[], datetime]
+    position: int = 0  # the last event id delivered to this worker's connections
+    connections: set[Connection] = field(default_factory=set)
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _counters_changed: set[str] = field(default_factory=set)
+    _delivered: int = 0
+    _lag_ms: list[float] = field(default_factory=list)
+
+    def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
+        """Add a paused connection; returns the position and counters it starts from."""
+        self.connections.add(connection)
+        return self.position, self.counters.snapshot(connection.audience)
+
+    def unregister(self, connection: Connection) -> None:
+        connection.close()
+        self.connections.discard(connection)
+
+    def deliver(self, events: Iterable[Event], late: Iterable[Event] = ()) -> None:
+        """Fan out events that follow ``position`` in order (the outbox reader's output), and
+        ``late`` ones the reader had given up on, which committed after all."""
+        batch = [e for e in events if e.id > self.position]
+        if batch:
+            self.position = batch[-1].id
+        batch = sorted([*late, *batch], key=lambda e: e.id)
+        if not batch:
+            return
+        now = self.clock()
+        for event in batch:
+            if (area := self.counters.apply(event, now)) is not None:
+                self._counters_changed.add(area)
+            self._lag_ms.append((time.time() - datetime.fromisoformat(event.at).timestamp()) * 1000)
+        del self._lag_ms[:-1000]
+        self._delivered += len(batch)
+        frames: dict[Audience, str] = {}
+        for connection in list(self.connections):
+            if connection.coalesced:
+                continue
+            key = connection.audience
+            if key not in frames:
+                visible = [e.to_json() for e in batch if connection.sees(e)]
+                frames[key] = encode({"type": "events", "events": visible}) if visible else ""
+            if frames[key] and not connection.offer(frames[key]):
+                self.connections.discard(connection)
+        self._pending.extend(e.to_json() for e in batch)
+
+    def flush_coalesced(self) -> None:
+        """Send walls and metrics screens what gathered since the last flush (one frame each)."""
+        pending, self._pending = self._pending, []
+        changed, self._counters_changed = self._counters_changed, set()
+        events_frames: dict[Audience, str] = {}
+        counter_frames: dict[Audience, str] = {}
+        for connection in list(self.connections):
+            key = connection.audience
+            frames = []
+            if connection.coalesced and pending:
+                if key not in events_frames:
+                    visible = [
+                        e for e in pending if e["area"] is None or key is None or e["area"] in key
+                    ]
+                    events_frames[key] = (
+                        encode({"type": "events", "events": visible}) if visible else ""
+                    )
+                frames.append(events_frames[key])
+            if changed and (key is None or changed & key or "-" in changed):
+                if key not in counter_frames:
+                    counter_frames[key] = encode(
+                        {"type": "counters", **self.counters.snapshot(key)}
+                    )
+                frames.append(counter_frames[key])
+            for frame in frames:
+                if frame and not connection.offer(frame):
+                    self.connections.discard(connection)
+                    break
+
+    def broadcast_metrics(self, metrics: dict[str, Any]) -> None:
+        frame = encode({"type": "metrics", **metrics})
+        for connection in list(self.connections):
+            if connection.metrics and not connection.offer(frame):
+                self.connections.discard(connection)
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            self.unregister(connection)
+
+    def stats(self) -> dict[str, Any]:
+        by_role = Counter(str(c.role or "display") for c in self.connections)
+        lags = sorted(self._lag_ms)
+        return {
+            "clients": dict(by_role),
+            "position": self.position,
+            "delivered": self._delivered,
+            "fanout_lag_ms_p99": lags[int(len(lags) * 0.99)] if lags else None,
+        }

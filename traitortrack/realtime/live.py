@@ -1,0 +1,76 @@
+"""The live side of a worker: hub, bus, counters and the timers that drive them."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from traitortrack.config import Settings
+from traitortrack.realtime.bus import LocalBus, RedisBus
+from traitortrack.realtime.counters import LiveCounters
+from traitortrack.realtime.hub import COALESCE_HZ, Hub
+from traitortrack.realtime.outbox import newest_id
+
+log = logging.getLogger(__name__)
+
+METRICS_EVERY_S = 1.0
+
+
+@dataclass
+class Live:
+    engine: AsyncEngine
+    hub: Hub
+    bus: LocalBus
+    metrics_source: Callable[[], dict[str, Any]] = lambda: {}
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(
+        cls, engine: AsyncEngine, settings: Settings, clock: Callable[[], datetime]
+    ) -> "Live":
+        counters = LiveCounters.starting(ZoneInfo(settings.timezone), clock())
+        async with engine.connect() as connection:
+            # One snapshot for both, so the counters are exactly those of events <= position.
+            conn = await connection.execution_options(isolation_level="REPEATABLE READ")
+            position = await newest_id(conn)
+            await counters.recount(conn, clock())
+        hub = Hub(counters, clock, position)
+        bus: LocalBus = (
+            RedisBus(engine, hub, redis_url=settings.redis_url, prefix=settings.redis_prefix)
+            if settings.redis_url
+            else LocalBus(engine, hub)
+        )
+        await bus.start()
+        live = cls(engine, hub, bus)
+        live._tasks = [asyncio.create_task(live._flush()), asyncio.create_task(live._metrics())]
+        return live
+
+    async def stop(self) -> None:
+        self.hub.close_all()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.bus.stop()
+
+    async def _flush(self) -> None:
+        while True:
+            await asyncio.sleep(1 / COALESCE_HZ)
+            self.hub.flush_coalesced()
+
+    async def _metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_EVERY_S)
+            try:
+                self.hub.broadcast_metrics(
+                    {"hub": self.hub.stats(), "bus": self.bus.status, **self.metrics_source()}
+                )
+            except Exception:
+                log.exception("metrics frame failed")

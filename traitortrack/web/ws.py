@@ -1,0 +1,226 @@
+"""``/ws``: the live connection of scanners, wall displays and admins (SPEC §8).
+
+One receive task and one send task per socket; when either ends, the other is cancelled.
+The socket's audience (role, dispatch area) is decided here, once, from the session.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, session, websocket
+from quart_auth import current_user
+
+from traitortrack.domain.roles import Role
+from traitortrack.realtime.hub import Connection, encode
+from traitortrack.realtime.outbox import events_between, oldest_id
+from traitortrack.runtime import runtime
+from traitortrack.security import anonymize_ip
+from traitortrack.services.accounts import Account, load_account
+from traitortrack.services.commands import Actor
+from traitortrack.services.people import display_link_access
+from traitortrack.web.access import public
+from traitortrack.web.commands import BadMessage, perform
+from traitortrack.web.hooks import session_deadline
+
+blueprint = Blueprint("ws", __name__)
+log = logging.getLogger(__name__)
+
+HELLO_WAIT_S = 1.0
+MAX_REPLAY = 5_000
+REPLAY_FRAME = 500
+SESSION_CHECK_S = 30.0
+SERVICE_RESTART = 1012
+SESSION_ENDED = 4401
+
+
+def _same_origin() -> bool:
+    """Browsers always send Origin; a foreign one is a cross-site websocket hijack attempt."""
+    origin = websocket.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == websocket.host
+
+
+async def _account() -> Account | None:
+    who = await load_account(runtime().engine, current_user.auth_id)
+    if who is None or runtime().clock().timestamp() > session_deadline(who):
+        return None
+    return who
+
+
+async def _display_areas() -> list[str] | None:
+    link_id = session.get("display_link")
+    if not isinstance(link_id, int):
+        return None
+    access = await display_link_access(runtime().engine, link_id)
+    return None if access is None else access.areas
+
+
+@blueprint.websocket("/ws")
+@public
+async def ws() -> Response | None:
+    if not _same_origin():
+        return Response("Cross-site websocket refused.", 403)
+    who = await _account()
+    display = None if who is not None else await _display_areas()
+    if who is None and display is None:
+        return Response("Sign in first (POST /login), then open /ws.", 401)
+    view = websocket.args.get("view", "")
+    if who is not None:
+        audience = frozenset({who.area}) if who.role == Role.DISPATCHER else None
+        connection = Connection(
+            who.role,
+            audience,
+            coalesced=view in {"wall", "metrics"},
+            metrics=who.role == Role.ADMIN and view == "metrics",
+            username=who.username,
+        )
+    else:
+        connection = Connection(None, frozenset(display) if display else None, coalesced=True)
+    await websocket.accept()
+    await _serve(connection, who)
+    return None
+
+
+async def _serve(connection: Connection, who: Account | None) -> None:
+    live = runtime().live
+    position, counters = live.hub.register(connection)
+    try:
+        first = await _first_message()
+        hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
+        connection.offer(
+            encode(
+                {
+                    "type": "welcome",
+                    "role": str(connection.role or "display"),
+                    "area": who.area if who else None,
+                    "last_event_id": position,
+                    "counters": counters,
+                }
+            )
+        )
+        if hello is not None:
+            await _replay(connection, hello.get("last_event_id"), position)
+        connection.go_live()
+        actor = _actor(who) if who is not None else None
+        if first is not None and hello is None:
+            await _handle(connection, actor, first)
+        tasks = [
+            asyncio.create_task(_send(connection)),
+            asyncio.create_task(_receive(connection, actor)),
+        ]
+        if who is not None:
+            tasks.append(asyncio.create_task(_watch_session(connection, who)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    except asyncio.CancelledError:
+        # The server is stopping: ask the client to come back (to this or another worker).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await websocket.close(SERVICE_RESTART, "server restarting; reconnect")
+        raise
+    finally:
+        live.hub.unregister(connection)
+
+
+def _actor(who: Account) -> Actor:
+    return Actor(
+        who.id, who.username, who.role, who.area, None, anonymize_ip(websocket.remote_addr)
+    )
+
+
+async def _first_message() -> Any:
+    try:
+        async with asyncio.timeout(HELLO_WAIT_S):
+            return _parse(await websocket.receive())
+    except TimeoutError:
+        return None
+
+
+def _parse(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return "not json"
+
+
+async def _replay(connection: Connection, last: object, position: int) -> None:
+    if last is None:
+        return
+    if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+        connection.offer(_error("'last_event_id' must be a whole number or null."))
+        return
+    if last >= position:
+        return
+    async with runtime().engine.connect() as conn:
+        oldest = await oldest_id(conn)
+        areas = sorted(connection.audience) if connection.audience is not None else None
+        missed = await events_between(conn, last, position, areas, MAX_REPLAY + 1)
+    if last < oldest - 1 or len(missed) > MAX_REPLAY:
+        connection.offer(encode({"type": "resync", "reason": "too far behind: reload"}))
+        return
+    for start in range(0, len(missed), REPLAY_FRAME):
+        chunk = [e.to_json() for e in missed[start : start + REPLAY_FRAME]]
+        connection.offer(encode({"type": "events", "events": chunk}))
+
+
+def _error(message: str) -> str:
+    return encode({"type": "error", "message": message})
+
+
+async def _send(connection: Connection) -> None:
+    while True:
+        frame = await connection.queue.get()
+        await websocket.send(frame)
+        if connection.closed.is_set() and connection.queue.empty():
+            await websocket.close(1008, "too slow; reconnect and resume")
+            return
+
+
+async def _receive(connection: Connection, actor: Actor | None) -> None:
+    while True:
+        await _handle(connection, actor, _parse(await websocket.receive()))
+
+
+async def _handle(connection: Connection, actor: Actor | None, message: Any) -> None:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        connection.offer(_error("Messages are JSON objects with a 'type'."))
+        return
+    kind = message["type"]
+    if kind == "ping":
+        connection.offer(encode({"type": "pong"}))
+    elif kind == "hello":
+        connection.offer(_error("'hello' must be the first message; reconnect to resume."))
+    elif kind in {"scan", "undo"}:
+        if actor is None:
+            connection.offer(_error("A display link is read-only."))
+            return
+        try:
+            state = runtime()
+            ack = await perform(state.engine, replace(actor, request_id=uuid.uuid4().hex), message)
+            state.live.bus.kick()
+        except BadMessage as error:
+            connection.offer(_error(str(error)))
+            return
+        connection.offer(encode(ack))
+    else:
+        connection.offer(
+            _error(f"Unknown message type {kind[:40]!r}; expected hello, scan, undo or ping.")
+        )
+
+
+async def _watch_session(connection: Connection, who: Account) -> None:
+    """End the socket when the session is revoked or runs out."""
+    while True:
+        await asyncio.sleep(SESSION_CHECK_S)
+        if await load_account(runtime().engine, who.auth_id) is None:
+            await websocket.close(SESSION_ENDED, "session ended; sign in again")
+            return
