@@ -69,7 +69,8 @@ async def migrated_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 def serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
-    from hypercorn.run import run
+
+    from traitortrack.server import run
 
     settings = resolve_settings()
     config = Config.from_toml(str(args.config))

@@ -81,3 +81,10 @@ async def stop(app: Quart) -> None:
     if state.redis is not None:
         await state.redis.aclose()
     await state.engine.dispose()
+
+
+async def drain(app: Quart, timeout_s: float) -> None:
+    """Before a stop: let in-flight scans finish, then ask websocket clients to reconnect."""
+    state = app.extensions.get("traitortrack")
+    if state is not None:
+        await state.live.drain(timeout_s)

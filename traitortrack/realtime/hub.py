@@ -8,6 +8,7 @@ never slows the others, nor grows the server's memory.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,10 +47,15 @@ class Connection:
     coalesced: bool  # wall displays and metrics screens
     metrics: bool = False
     username: str = ""
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    # None in the queue means "stop sending": the sender then closes the socket.
+    queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
     state: State = State.PAUSED
     held: list[str] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the socket is gone; the drain before a stop waits for it.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    restarting: bool = False
+    busy: bool = False  # a scan from this socket is being saved
 
     def sees(self, event: Event) -> bool:
         return self.audience is None or event.area is None or event.area in self.audience
@@ -85,6 +91,14 @@ class Connection:
         self.closed.set()
         return False
 
+    def restart(self) -> None:
+        """The server is stopping: finish what is queued, then close with 1012."""
+        self.restarting = True
+        self.closed.set()
+        # A full queue needs no wake-up: the sender checks ``closed`` after every frame.
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
     def close(self) -> None:
         self.state = State.CLOSED
         self.closed.set()
@@ -108,6 +122,7 @@ class Hub:
 
     def unregister(self, connection: Connection) -> None:
         connection.close()
+        connection.finished.set()
         self.connections.discard(connection)
 
     def deliver(self, events: Iterable[Event], late: Iterable[Event] = ()) -> None:

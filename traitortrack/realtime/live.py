@@ -51,6 +51,16 @@ class Live:
         live._tasks = [asyncio.create_task(live._flush()), asyncio.create_task(live._metrics())]
         return live
 
+    async def drain(self, timeout_s: float) -> None:
+        """Close every socket with "service restart" once its in-flight scan is acked."""
+        connections = list(self.hub.connections)
+        for connection in connections:
+            connection.restart()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(c.finished.wait() for c in connections))
+        log.info("hub drained", extra={"connections": len(connections)})
+
     async def stop(self) -> None:
         self.hub.close_all()
         for task in self._tasks:

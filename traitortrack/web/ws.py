@@ -5,7 +5,6 @@ The socket's audience (role, dispatch area) is decided here, once, from the sess
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -121,12 +120,6 @@ async def _serve(connection: Connection, who: Account | None) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    except asyncio.CancelledError:
-        # The server is stopping: ask the client to come back (to this or another worker).
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1):
-                await websocket.close(SERVICE_RESTART, "server restarting; reconnect")
-        raise
     finally:
         live.hub.unregister(connection)
 
@@ -179,10 +172,20 @@ def _error(message: str) -> str:
 async def _send(connection: Connection) -> None:
     while True:
         frame = await connection.queue.get()
-        await websocket.send(frame)
-        if connection.closed.is_set() and connection.queue.empty():
-            await websocket.close(1008, "too slow; reconnect and resume")
-            return
+        if frame is not None:
+            await websocket.send(frame)
+        if connection.closed.is_set() and (frame is None or connection.queue.empty()):
+            break
+    # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
+    while connection.busy:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    while not connection.queue.empty():
+        if (frame := connection.queue.get_nowait()) is not None:
+            await websocket.send(frame)
+    if connection.restarting:
+        await websocket.close(SERVICE_RESTART, "server restarting; reconnect")
+    else:
+        await websocket.close(1008, "too slow; reconnect and resume")
 
 
 async def _receive(connection: Connection, actor: Actor | None) -> None:
@@ -215,6 +218,22 @@ async def _handle(connection: Connection, actor: Actor | None, message: Any) -> 
         connection.offer(
             _error(f"Unknown message type {kind[:40]!r}; expected hello, scan, undo or ping.")
         )
+
+
+async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -> None:
+    connection.busy = True
+    try:
+        state = runtime()
+        # Shielded: a stop must not cancel a scan halfway; the drain waits for its ack.
+        ack = await asyncio.shield(
+            perform(state.engine, replace(actor, request_id=uuid.uuid4().hex), message)
+        )
+        state.live.bus.kick()
+        connection.offer(encode(ack))
+    except BadMessage as error:
+        connection.offer(_error(str(error)))
+    finally:
+        connection.busy = False
 
 
 async def _watch_session(connection: Connection, who: Account) -> None:
