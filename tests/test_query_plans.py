@@ -36,16 +36,39 @@ async def _run_every_use_case(engine, dispatcher, admin, biller) -> None:
 async def test_no_scan_or_bill_statement_needs_a_sequential_scan(engine, dispatcher, admin, biller):
     captured: list[tuple[str, object]] = []
 
-    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
-            captured.append((statement, parameters))
+    def keep(statement: str, parameters: object) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT", "WITH")):
+            captured.append((statement, tuple(parameters or ())))
 
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    def through_sqlalchemy(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        keep(statement, parameters)
+
+    def through_asyncpg(query) -> None:  # the scan path's direct statements
+        args = query.args
+        if args and all(isinstance(row, tuple) for row in args):  # executemany: one row will do
+            args = args[0]
+        keep(query.query, args)
+
+    def on_checkout(dbapi_connection, _record, _proxy) -> None:
+        dbapi_connection.driver_connection.add_query_logger(through_asyncpg)
+
+    def on_checkin(dbapi_connection, _record) -> None:
+        dbapi_connection.driver_connection.remove_query_logger(through_asyncpg)
+
+    hooks = [
+        ("before_cursor_execute", through_sqlalchemy),
+        ("checkout", on_checkout),
+        ("checkin", on_checkin),
+    ]
+    for name, hook in hooks:
+        event.listen(engine.sync_engine, name, hook)
     try:
         await _run_every_use_case(engine, dispatcher, admin, biller)
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+        for name, hook in hooks:
+            event.remove(engine.sync_engine, name, hook)
     assert len(captured) > 30
+    assert any("FOR UPDATE" in statement for statement, _ in captured)  # the scan path is in
 
     offenders = []
     async with engine.connect() as conn:

@@ -56,6 +56,8 @@ class Connection:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     restarting: bool = False
     busy: bool = False  # a scan from this socket is being saved
+    # Coalesced events gathered before it registered: its welcome position covers them.
+    skip_pending: int = 0
 
     def sees(self, event: Event) -> bool:
         return self.audience is None or event.area is None or event.area in self.audience
@@ -118,6 +120,7 @@ class Hub:
     def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
         """Add a paused connection; returns the position and counters it starts from."""
         self.connections.add(connection)
+        connection.skip_pending = len(self._pending)
         return self.position, self.counters.snapshot(connection.audience)
 
     def unregister(self, connection: Connection) -> None:
@@ -157,20 +160,23 @@ class Hub:
         """Send walls and metrics screens what gathered since the last flush (one frame each)."""
         pending, self._pending = self._pending, []
         changed, self._counters_changed = self._counters_changed, set()
-        events_frames: dict[Audience, str] = {}
+        events_frames: dict[tuple[Audience, int], str] = {}
         counter_frames: dict[Audience, str] = {}
         for connection in list(self.connections):
             key = connection.audience
+            skip, connection.skip_pending = connection.skip_pending, 0
             frames = []
-            if connection.coalesced and pending:
-                if key not in events_frames:
+            if connection.coalesced and len(pending) > skip:
+                if (key, skip) not in events_frames:
                     visible = [
-                        e for e in pending if e["area"] is None or key is None or e["area"] in key
+                        e
+                        for e in pending[skip:]
+                        if e["area"] is None or key is None or e["area"] in key
                     ]
-                    events_frames[key] = (
+                    events_frames[key, skip] = (
                         encode({"type": "events", "events": visible}) if visible else ""
                     )
-                frames.append(events_frames[key])
+                frames.append(events_frames[key, skip])
             if changed and (key is None or changed & key or "-" in changed):
                 if key not in counter_frames:
                     counter_frames[key] = encode(

@@ -10,17 +10,16 @@ raises :class:`RuleBroken` to refuse, records events with ``tx.emit`` and audit 
 * events and audit rows are written in the same transaction as the change.
 """
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import asyncpg
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from traitortrack.db.models import Audit, Event, Scan
 from traitortrack.domain.events import Event as PublishedEvent
 from traitortrack.domain.events import NewEvent
 from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
@@ -74,8 +73,12 @@ class Result:
 
 @dataclass(slots=True)
 class Tx:
+    """A use case's transaction: ``pg`` is the asyncpg connection (the fast path) and ``conn``
+    the same connection as SQLAlchemy sees it; both are inside the one transaction."""
+
     conn: AsyncConnection
     actor: Actor
+    pg: asyncpg.Connection
     events: list[NewEvent] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
 
@@ -155,119 +158,177 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
         command, use_case = plan()
     except BadInput as error:
         return rejected(error)
-    async with engine.connect() as conn:
+    async with engine.connect() as connection:
+        # The scan path speaks to asyncpg directly (SQLAlchemy's per-statement work would cost
+        # several times the database's); the connection's SQLAlchemy face runs in autocommit
+        # mode so that its statements join the same asyncpg transaction.
+        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        pg: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+        tx = Tx(conn, actor, pg)
         try:
-            return await _run_once(conn, actor, command, checked_id, use_case)
+            async with pg.transaction():
+                answer = await use_case(tx)
+                published = await _record(tx, command, checked_id, answer, None)
+                if published is None:
+                    raise _AlreadyRecorded
+            return Result(answer.outcome, answer.message, None, answer.data, published)
         except _AlreadyRecorded:
-            await conn.rollback()
+            pass
         except BadInput as error:
-            await conn.rollback()
             return rejected(error)
         except RuleBroken as error:
-            await conn.rollback()
-            return await _record_refusal(conn, actor, command, checked_id, error)
-        except IntegrityError:
+            return await _record_refusal(tx, command, checked_id, error)
+        except (IntegrityError, asyncpg.IntegrityConstraintViolationError):
             # A constraint caught a race the code's checks could not see (e.g. a bag deleted
             # while it was being linked). Nothing was written; a retry sees the new state.
-            await conn.rollback()
             log.warning("command hit a constraint", extra={"action": command.action})
             return rejected(
                 BadInput(
                     "CONFLICT", "That bag changed while saving; nothing was saved. Scan again."
                 )
             )
-        async with conn.begin():
-            stored = await _stored(conn, actor, checked_id)
+        stored = await _stored(pg, actor, checked_id)
         if stored is None:  # pragma: no cover - the conflicting row was committed
             raise RuntimeError("client id conflict without a stored answer")
         return stored
 
 
-async def _run_once(
-    conn: AsyncConnection, actor: Actor, command: Command, client_id: str, use_case: UseCase
-) -> Result:
-    async with conn.begin():
-        stored = await _stored(conn, actor, client_id)
-        if stored is not None:
-            return stored
-        tx = Tx(conn, actor)
-        answer = await use_case(tx)
-        if not await _insert_scan(conn, actor, command, client_id, answer, None):
-            raise _AlreadyRecorded
-        published = await write_outbox(tx)
-    return Result(answer.outcome, answer.message, None, answer.data, published)
-
-
-async def _record_refusal(
-    conn: AsyncConnection, actor: Actor, command: Command, client_id: str, error: RuleBroken
-) -> Result:
+async def _record_refusal(tx: Tx, command: Command, client_id: str, error: RuleBroken) -> Result:
     answer = Answer(Outcome.REJECTED, error.message)
+    tx.events.clear()
+    tx.audits.clear()
     try:
-        async with conn.begin():
-            if await _insert_scan(conn, actor, command, client_id, answer, error.code):
+        async with tx.pg.transaction():
+            if await _record(tx, command, client_id, answer, error.code) is not None:
                 return rejected(error)
-            stored = await _stored(conn, actor, client_id)
-    except DBAPIError:
+        stored = await _stored(tx.pg, tx.actor, client_id)
+    except (asyncpg.PostgresError, OSError):
         # Recording a refusal is best effort: the refusal itself stands either way.
         log.exception("could not record a refused command", extra={"action": command.action})
         return rejected(error)
     return stored or rejected(error)
 
 
-async def _stored(conn: AsyncConnection, actor: Actor, client_id: str) -> Result | None:
-    row = (
-        await conn.execute(
-            select(Scan.outcome, Scan.message, Scan.error, Scan.result).where(
-                Scan.user_id == actor.user_id, Scan.client_id == client_id
-            )
-        )
-    ).one_or_none()
+_STORED = """
+    SELECT outcome, message, error, result FROM scan WHERE user_id = $1 AND client_id = $2
+"""
+
+# One round trip for the idempotency record and the outbox: no event is written when the
+# client id was already recorded (a concurrent or earlier call with the same id won).
+_RECORD = """
+    WITH recorded AS (
+        INSERT INTO scan (user_id, client_id, action, code, parent_code, area,
+                          outcome, error, message, result)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+        ON CONFLICT (user_id, client_id) DO NOTHING
+        RETURNING id
+    ), written AS (
+        INSERT INTO event (kind, area, payload)
+        SELECT e.kind, e.area, e.payload::jsonb
+        FROM recorded, unnest($11::text[], $12::text[], $13::text[]) WITH ORDINALITY
+             AS e(kind, area, payload, n)
+        ORDER BY e.n
+        RETURNING id, at
+    )
+    SELECT (SELECT count(*) FROM recorded) AS recorded, written.id, written.at
+    FROM (SELECT 1) AS one LEFT JOIN written ON true
+    ORDER BY written.id
+"""
+
+_AUDIT = """
+    INSERT INTO audit (actor_id, actor_name, action, entity_type, entity_id, before, after,
+                       request_id, ip)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9)
+"""
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+async def _stored(pg: asyncpg.Connection, actor: Actor, client_id: str) -> Result | None:
+    row = await pg.fetchrow(_STORED, actor.user_id, client_id)
     if row is None:
         return None
-    return Result(Outcome(row.outcome), row.message, row.error, row.result, (), replayed=True)
+    return Result(Outcome(row["outcome"]), row["message"], row["error"], row["result"], (), True)
 
 
-async def _insert_scan(
-    conn: AsyncConnection,
-    actor: Actor,
-    command: Command,
-    client_id: str,
-    answer: Answer,
-    error: str | None,
-) -> bool:
-    statement = (
-        pg_insert(Scan)
-        .values(
-            user_id=actor.user_id,
-            client_id=client_id,
-            action=command.action,
-            code=command.code,
-            parent_code=command.parent_code,
-            area=command.area if command.area is not None else actor.area,
-            outcome=answer.outcome.value,
-            error=error,
-            message=answer.message,
-            result=answer.data,
-        )
-        .on_conflict_do_nothing(index_elements=[Scan.user_id, Scan.client_id])
-        .returning(Scan.id)
+async def _record(
+    tx: Tx, command: Command, client_id: str, answer: Answer, error: str | None
+) -> tuple[PublishedEvent, ...] | None:
+    """Record the answer under its client id and write the outbox; None when the id was taken."""
+    actor = tx.actor
+    rows = await tx.pg.fetch(
+        _RECORD,
+        actor.user_id,
+        client_id,
+        command.action,
+        command.code,
+        command.parent_code,
+        command.area if command.area is not None else actor.area,
+        answer.outcome.value,
+        error,
+        answer.message,
+        _json(answer.data),
+        [e.kind.value for e in tx.events],
+        [e.area for e in tx.events],
+        [_json(e.data) for e in tx.events],
     )
-    return (await conn.execute(statement)).first() is not None
+    if rows[0]["recorded"] == 0:
+        return None
+    await _write_audits(tx)
+    return (
+        tuple(
+            PublishedEvent(row["id"], e.kind.value, row["at"].isoformat(), e.area, e.data)
+            for row, e in zip(rows, tx.events, strict=True)
+        )
+        if tx.events
+        else ()
+    )
+
+
+async def _write_audits(tx: Tx) -> None:
+    if tx.audits:
+        await tx.pg.executemany(
+            _AUDIT,
+            [
+                (
+                    a["actor_id"],
+                    a["actor_name"],
+                    a["action"],
+                    a["entity_type"],
+                    a["entity_id"],
+                    _json(a["before"]),
+                    _json(a["after"]),
+                    a["request_id"],
+                    a["ip"],
+                )
+                for a in tx.audits
+            ],
+        )
+
+
+_OUTBOX = """
+    INSERT INTO event (kind, area, payload)
+    SELECT e.kind, e.area, e.payload::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS e(kind, area, payload, n)
+    ORDER BY e.n
+    RETURNING id, at
+"""
 
 
 async def write_outbox(tx: Tx) -> tuple[PublishedEvent, ...]:
-    if tx.audits:
-        await tx.conn.execute(insert(Audit), tx.audits)
+    """Write the audit rows and events a use case collected (for changes outside ``run``)."""
+    await _write_audits(tx)
     if not tx.events:
         return ()
-    rows = (
-        await tx.conn.execute(
-            insert(Event)
-            .values([{"kind": e.kind.value, "area": e.area, "payload": e.data} for e in tx.events])
-            .returning(Event.id, Event.at)
-        )
-    ).all()
+    rows = await tx.pg.fetch(
+        _OUTBOX,
+        [e.kind.value for e in tx.events],
+        [e.area for e in tx.events],
+        [_json(e.data) for e in tx.events],
+    )
     return tuple(
-        PublishedEvent(row.id, e.kind.value, row.at.isoformat(), e.area, e.data)
+        PublishedEvent(row["id"], e.kind.value, row["at"].isoformat(), e.area, e.data)
         for row, e in zip(rows, tx.events, strict=True)
     )

@@ -67,7 +67,7 @@ async def _in_transaction(
         async with engine.begin() as conn:
             await conn.execute(select(func.pg_advisory_xact_lock(ACCOUNTS_LOCK_KEY)))
             await _require_admin(conn, actor)
-            tx = Tx(conn, actor)
+            tx = Tx(conn, actor, (await conn.get_raw_connection()).driver_connection)
             done = await change(tx)
             events = await write_outbox(tx)
     except RuleBroken as refusal:

@@ -2,12 +2,8 @@
 
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.orm import aliased
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from traitortrack.db.models import Bag, Link
 from traitortrack.domain import linking
 from traitortrack.domain.codes import BagKind, InvalidBagCode, normalize_code
 from traitortrack.domain.events import EventKind, NewEvent, parent_json
@@ -16,7 +12,37 @@ from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
 from traitortrack.domain.roles import Permission, Role
 from traitortrack.services.commands import Actor, Answer, Command, Planned, Result, Tx, require, run
 
-_PARENT_COLUMNS = (Bag.id, Bag.code, Bag.kind, Bag.area, Bag.child_count, Bag.status)
+# The scan path runs these prebuilt statements on asyncpg directly (see commands.run).
+_PARENT = "id, code, kind, area, child_count, status"
+_LOCK_PARENT = f"SELECT {_PARENT} FROM bag WHERE code = $1 FOR UPDATE"
+_FIND_BAG = f"SELECT {_PARENT} FROM bag WHERE code = $1"
+_CREATE_PARENT = f"""
+    INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'parent', $2, $3)
+    ON CONFLICT (code) DO NOTHING RETURNING {_PARENT}
+"""
+_CREATE_CHILD = """
+    INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'child', $2, $3)
+    ON CONFLICT (code) DO NOTHING RETURNING id
+"""
+_FIND_CHILD = """
+    SELECT b.id, b.kind, b.child_count, p.code AS parent_code
+    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
+    WHERE b.code = $1
+"""
+_LINK = """
+    INSERT INTO link (child_id, parent_id, user_id, created_at)
+    VALUES ($1, $2, $3, clock_timestamp())
+    ON CONFLICT (child_id) DO NOTHING RETURNING child_id
+"""
+_COUNT = "UPDATE bag SET child_count = $2, status = $3, updated_at = now() WHERE id = $1"
+_LAST_LINK = """
+    SELECT l.child_id, l.user_id, l.created_at, b.code, now() AS now
+    FROM link AS l JOIN bag AS b ON b.id = l.child_id
+    WHERE l.parent_id = $1 ORDER BY l.created_at DESC LIMIT 1
+"""
+_UNLINK = "DELETE FROM link WHERE child_id = $1"
+
+Record = Any  # an asyncpg.Record
 
 
 def code_of(raw: object, kind: BagKind | None) -> str:
@@ -27,8 +53,8 @@ def code_of(raw: object, kind: BagKind | None) -> str:
         raise BadInput("INVALID_CODE", str(error)) from None
 
 
-def _state(row: Row[Any]) -> ParentState:
-    return ParentState(row.code, row.child_count, BagStatus(row.status))
+def _state(row: Record) -> ParentState:
+    return ParentState(row["code"], row["child_count"], BagStatus(row["status"]))
 
 
 def check_area(actor: Actor, code: str, bag_area: str | None) -> None:
@@ -37,16 +63,14 @@ def check_area(actor: Actor, code: str, bag_area: str | None) -> None:
         raise linking.outside_area(code, bag_area, actor.area)
 
 
-async def lock_parent(tx: Tx, code: str) -> Row[Any]:
+async def lock_parent(tx: Tx, code: str) -> Record:
     """Lock the parent row: every change to a parent's children is serialised on it."""
-    row = (
-        await tx.conn.execute(select(*_PARENT_COLUMNS).where(Bag.code == code).with_for_update())
-    ).one_or_none()
+    row = await tx.pg.fetchrow(_LOCK_PARENT, code)
     if row is None:
         raise linking.parent_not_registered(code)
-    if row.kind != "parent":
+    if row["kind"] != "parent":
         raise linking.registered_as_child(code)
-    check_area(tx.actor, code, row.area)
+    check_area(tx.actor, code, row["area"])
     return row
 
 
@@ -58,27 +82,21 @@ async def scan_parent(engine: AsyncEngine, actor: Actor, client_id: object, code
         parent_code = code_of(code, "parent")
 
         async def use_case(tx: Tx) -> Answer:
-            created = await tx.conn.execute(
-                pg_insert(Bag)
-                .values(code=parent_code, kind="parent", area=actor.area, owner_id=actor.user_id)
-                .on_conflict_do_nothing(index_elements=[Bag.code])
-                .returning(*_PARENT_COLUMNS)
-            )
-            row = created.one_or_none()
+            row = await tx.pg.fetchrow(_CREATE_PARENT, parent_code, actor.area, actor.user_id)
             was_created = row is not None
             if row is None:
-                row = (
-                    await tx.conn.execute(select(*_PARENT_COLUMNS).where(Bag.code == parent_code))
-                ).one()
-                if row.kind != "parent":
+                row = await tx.pg.fetchrow(_FIND_BAG, parent_code)
+                if row is None:
+                    raise RuleBroken("BUSY", f"{parent_code} changed just now; scan it again.")
+                if row["kind"] != "parent":
                     raise linking.registered_as_child(parent_code)
-                check_area(actor, parent_code, row.area)
+                check_area(actor, parent_code, row["area"])
             parent = _state(row)
             data = {"parent": parent_json(parent.code, parent.children, parent.status)}
             tx.emit(
                 NewEvent(
                     EventKind.PARENT_SCANNED,
-                    row.area,
+                    row["area"],
                     {**data, "created": was_created, "by": actor.username},
                 )
             )
@@ -89,58 +107,36 @@ async def scan_parent(engine: AsyncEngine, actor: Actor, client_id: object, code
     return await run(engine, actor, client_id, plan)
 
 
-async def _existing_child(conn: AsyncConnection, code: str) -> tuple[int, ExistingChild] | None:
-    linked_parent = aliased(Bag)
-    row = (
-        await conn.execute(
-            select(Bag.id, Bag.kind, Bag.child_count, linked_parent.code.label("parent_code"))
-            .outerjoin(Link, Link.child_id == Bag.id)
-            .outerjoin(linked_parent, linked_parent.id == Link.parent_id)
-            .where(Bag.code == code)
-        )
-    ).one_or_none()
+async def _existing_child(tx: Tx, code: str) -> tuple[int, ExistingChild] | None:
+    row = await tx.pg.fetchrow(_FIND_CHILD, code)
     if row is None:
         return None
-    return row.id, ExistingChild(row.kind == "parent", row.child_count, row.parent_code)
+    return row["id"], ExistingChild(row["kind"] == "parent", row["child_count"], row["parent_code"])
 
 
-async def _claim_child(tx: Tx, parent: ParentState, parent_row: Row[Any], code: str) -> int | None:
+async def _claim_child(tx: Tx, parent: ParentState, parent_row: Record, code: str) -> int | None:
     """Return the id of the child to link, or None when it is already in this parent.
 
-    Creation and linking both go through ``ON CONFLICT DO NOTHING``: when another transaction
-    wins a race for the same code, we read what it wrote and decide again.
+    A new code is simply inserted (the common case: one statement); creation and linking both
+    go through ``ON CONFLICT DO NOTHING``, and when another transaction wins a race for the
+    same code we read what it wrote and decide again.
     """
+    optimistic = not parent.is_full and code != parent.code
     for _ in range(3):
-        found = await _existing_child(tx.conn, code)
-        if not linking.check_link(parent, code, found[1] if found else None):
-            return None
+        found = None if optimistic else await _existing_child(tx, code)
+        optimistic = False
         if found is None:
-            child_id = (
-                await tx.conn.execute(
-                    pg_insert(Bag)
-                    .values(
-                        code=code, kind="child", area=parent_row.area, owner_id=tx.actor.user_id
-                    )
-                    .on_conflict_do_nothing(index_elements=[Bag.code])
-                    .returning(Bag.id)
-                )
-            ).scalar_one_or_none()
+            linking.check_link(parent, code, None)
+            child_id = await tx.pg.fetchval(
+                _CREATE_CHILD, code, parent_row["area"], tx.actor.user_id
+            )
             if child_id is None:
-                continue
+                continue  # it exists after all: look at it
+        elif not linking.check_link(parent, code, found[1]):
+            return None
         else:
             child_id = found[0]
-        linked = await tx.conn.execute(
-            pg_insert(Link)
-            .values(
-                child_id=child_id,
-                parent_id=parent_row.id,
-                user_id=tx.actor.user_id,
-                created_at=func.clock_timestamp(),
-            )
-            .on_conflict_do_nothing(index_elements=[Link.child_id])
-            .returning(Link.child_id)
-        )
-        if linked.first() is not None:
+        if await tx.pg.fetchval(_LINK, child_id, parent_row["id"], tx.actor.user_id) is not None:
             return child_id
     raise RuleBroken("BUSY", f"{code} is being scanned elsewhere right now; scan it again.")
 
@@ -165,22 +161,17 @@ async def link_child(
                 return Answer(Outcome.DUPLICATE, linking.duplicate_message(child, parent), data)
             children = parent.children + 1
             status = linking.status_for(children)
-            await tx.conn.execute(
-                update(Bag)
-                .where(Bag.id == row.id)
-                .values(child_count=children, status=status.value, updated_at=func.now())
-            )
+            await tx.pg.execute(_COUNT, row["id"], children, status.value)
             after = ParentState(parent.code, children, status)
             data = {"parent": parent_json(after.code, after.children, after.status)}
+            area = row["area"]
             tx.emit(
                 NewEvent(
-                    EventKind.CHILD_LINKED, row.area, {**data, "child": child, "by": actor.username}
+                    EventKind.CHILD_LINKED, area, {**data, "child": child, "by": actor.username}
                 )
             )
             if status == BagStatus.COMPLETED:
-                tx.emit(
-                    NewEvent(EventKind.PARENT_COMPLETED, row.area, {**data, "by": actor.username})
-                )
+                tx.emit(NewEvent(EventKind.PARENT_COMPLETED, area, {**data, "by": actor.username}))
             return Answer(Outcome.OK, linking.linked_message(child, after), data)
 
         return Command("link_child", code=child, parent_code=parent_normalised), use_case
@@ -201,37 +192,20 @@ async def undo_last_child(
 
         async def use_case(tx: Tx) -> Answer:
             row = await lock_parent(tx, code)
-            last = (
-                await tx.conn.execute(
-                    select(
-                        Link.child_id,
-                        Link.user_id,
-                        Link.created_at,
-                        Bag.code,
-                        func.now().label("now"),
-                    )
-                    .join(Bag, Bag.id == Link.child_id)
-                    .where(Link.parent_id == row.id)
-                    .order_by(Link.created_at.desc())
-                    .limit(1)
-                )
-            ).one_or_none()
+            last = await tx.pg.fetchrow(_LAST_LINK, row["id"])
             if last is None:
                 raise RuleBroken("NOTHING_TO_UNDO", f"{code} has no child bags to undo.")
             linking.check_undo(
-                last.created_at, last.user_id, actor.user_id, actor.is_admin, last.now
+                last["created_at"], last["user_id"], actor.user_id, actor.is_admin, last["now"]
             )
-            await tx.conn.execute(delete(Link).where(Link.child_id == last.child_id))
-            children = row.child_count - 1
+            await tx.pg.execute(_UNLINK, last["child_id"])
+            children = row["child_count"] - 1
             status = linking.status_for(children)
-            await tx.conn.execute(
-                update(Bag)
-                .where(Bag.id == row.id)
-                .values(child_count=children, status=status.value, updated_at=func.now())
-            )
-            data = {"parent": parent_json(code, children, status), "child": last.code}
-            tx.emit(NewEvent(EventKind.CHILD_UNLINKED, row.area, {**data, "by": actor.username}))
-            message = f"Removed {last.code} from {code} ({children}/{linking.MAX_CHILDREN})"
+            await tx.pg.execute(_COUNT, row["id"], children, status.value)
+            child = last["code"]
+            data = {"parent": parent_json(code, children, status), "child": child}
+            tx.emit(NewEvent(EventKind.CHILD_UNLINKED, row["area"], {**data, "by": actor.username}))
+            message = f"Removed {child} from {code} ({children}/{linking.MAX_CHILDREN})"
             return Answer(Outcome.OK, message, data)
 
         return Command("undo", code=code, parent_code=code), use_case
