@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import make_actor
+from tests.db import rows, value
 from traitortrack import create_app
 from traitortrack.domain.roles import MAX_DISPATCHERS_PER_AREA, Role
 from traitortrack.security import hash_password, hash_token, verify_password
@@ -82,16 +83,6 @@ async def admin_browser(app) -> Browser:
 
 async def page_text(response) -> str:
     return await response.get_data(as_text=True)
-
-
-async def rows(engine, sql: str, **params) -> list:
-    async with engine.connect() as conn:
-        return list((await conn.execute(text(sql), params)).all())
-
-
-async def value(engine, sql: str, **params):
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 async def user_id(engine, username: str) -> int:

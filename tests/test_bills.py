@@ -1,12 +1,11 @@
 """SPEC §3 bills: create, edit, link and remove parents, complete, reopen, delete, weights."""
 
-import uuid
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import text
 
 from tests.conftest import make_actor
+from tests.db import new_id, rows, value
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bills import (
@@ -21,20 +20,6 @@ from traitortrack.services.bills import (
 from traitortrack.services.scans import link_child, scan_parent
 
 BILL = "B-001"
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-async def rows(engine, sql: str, **params) -> list:
-    async with engine.connect() as conn:
-        return list((await conn.execute(text(sql), params)).all())
-
-
-async def value(engine, sql: str, **params):
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 async def bill_row(engine, number: str = BILL):

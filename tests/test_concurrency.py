@@ -1,12 +1,10 @@
 """Races the warehouse really has: many scanners, one parent or one bill, all at once."""
 
 import asyncio
-import uuid
 from collections import Counter
 
-from sqlalchemy import text
-
 from tests.conftest import make_actor
+from tests.db import new_id, value
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -15,15 +13,6 @@ from traitortrack.services.scans import link_child, scan_parent, undo_last_child
 
 PARENT = "SB12345"
 FULL = "Parent bag is full! Maximum 30 child bags per parent."
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-async def value(engine, sql: str, **params):
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 async def race(*commands) -> list:

@@ -1,12 +1,12 @@
 """SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
 
 import asyncio
-import uuid
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import make_actor
+from tests.db import new_id, value
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -22,15 +22,6 @@ CODE_MESSAGES = {
     "Parent bag QR must be format SB##### (e.g., SB00001) or M444-##### (e.g., M444-00001)",
     "Child bag QR must be 4-20 alphanumeric characters",
 }
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-async def value(engine, sql: str, **params):
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 async def snapshot(engine) -> dict[str, int]:

@@ -1,12 +1,11 @@
 """SPEC §2 scanning (scan a parent, link children, undo, finish) and SPEC §4 bag deletion."""
 
-import uuid
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import make_actor
+from tests.db import new_id, rows, value
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -18,20 +17,6 @@ OTHER_PARENT = "SB11111"
 FULL = "Parent bag is full! Maximum 30 child bags per parent."
 NO_PARENT = "No parent bag selected. Please scan a parent bag first."
 ONE_ROLE = "One bag can only have one role — parent or child, never both."
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-async def rows(engine, sql: str, **params) -> list:
-    async with engine.connect() as conn:
-        return list((await conn.execute(text(sql), params)).all())
-
-
-async def value(engine, sql: str, **params):
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 async def bag(engine, code: str):

@@ -274,19 +274,28 @@ async def confirm_totp(
     return codes
 
 
+async def _recheck_password(
+    conn: AsyncConnection, user_id: int, password: str, origin: Origin, refused: str
+) -> Row[Any] | None:
+    """Lock the account and check its password again (for changes to its own security);
+    None, audited as ``refused``, when the password is wrong."""
+    row = (
+        await conn.execute(
+            select(User.username, User.password_hash).where(User.id == user_id).with_for_update()
+        )
+    ).one()
+    if await asyncio.to_thread(verify_password, password, row.password_hash):
+        return row
+    await audit(conn, origin, refused, user_id, row.username)
+    return None
+
+
 async def disable_totp(engine: AsyncEngine, user_id: int, password: object, origin: Origin) -> bool:
     if not isinstance(password, str):
         return False
     async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                select(User.username, User.password_hash)
-                .where(User.id == user_id)
-                .with_for_update()
-            )
-        ).one()
-        if not await asyncio.to_thread(verify_password, password, row.password_hash):
-            await audit(conn, origin, "2fa.disable_refused", user_id, row.username)
+        row = await _recheck_password(conn, user_id, password, origin, "2fa.disable_refused")
+        if row is None:
             return False
         await conn.execute(
             update(User)
@@ -311,15 +320,8 @@ async def change_password(
     if problems:
         return False, "The new password needs " + ", ".join(problems) + "."
     async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                select(User.username, User.password_hash)
-                .where(User.id == user_id)
-                .with_for_update()
-            )
-        ).one()
-        if not await asyncio.to_thread(verify_password, current, row.password_hash):
-            await audit(conn, origin, "password.change_refused", user_id, row.username)
+        row = await _recheck_password(conn, user_id, current, origin, "password.change_refused")
+        if row is None:
             return False, "Your current password is not right; nothing was changed."
         hashed = await asyncio.to_thread(hash_password, new)
         await conn.execute(

@@ -1,5 +1,6 @@
 """Scanning use cases (SPEC §2): parents, children, undo, finish."""
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -10,7 +11,17 @@ from traitortrack.domain.events import EventKind, NewEvent, parent_json
 from traitortrack.domain.linking import BagStatus, ExistingChild, ParentState
 from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
 from traitortrack.domain.roles import Permission, Role
-from traitortrack.services.commands import Actor, Answer, Command, Planned, Result, Tx, require, run
+from traitortrack.services.commands import (
+    Actor,
+    Answer,
+    Command,
+    Planned,
+    Result,
+    Tx,
+    UseCase,
+    require,
+    run,
+)
 
 # The scan path runs these prebuilt statements on asyncpg directly (see commands.run).
 _PARENT = "id, code, kind, area, child_count, status"
@@ -184,12 +195,7 @@ async def undo_last_child(
 ) -> Result:
     """Unlink the parent's most recent child, within an hour, by its scanner or an admin."""
 
-    def plan() -> Planned:
-        require(actor, Permission.SCAN)
-        if parent_code is None or parent_code == "":
-            raise linking.no_parent_selected()
-        code = code_of(parent_code, "parent")
-
+    def make(code: str) -> UseCase:
         async def use_case(tx: Tx) -> Answer:
             row = await lock_parent(tx, code)
             last = await tx.pg.fetchrow(_LAST_LINK, row["id"])
@@ -208,9 +214,9 @@ async def undo_last_child(
             message = f"Removed {child} from {code} ({children}/{linking.MAX_CHILDREN})"
             return Answer(Outcome.OK, message, data)
 
-        return Command("undo", code=code, parent_code=code), use_case
+        return use_case
 
-    return await run(engine, actor, client_id, plan)
+    return await _on_parent(engine, actor, client_id, parent_code, "undo", make)
 
 
 async def finish_parent(
@@ -218,12 +224,7 @@ async def finish_parent(
 ) -> Result:
     """End scanning a parent early; it stays pending and resumes when scanned again."""
 
-    def plan() -> Planned:
-        require(actor, Permission.SCAN)
-        if parent_code is None or parent_code == "":
-            raise linking.no_parent_selected()
-        code = code_of(parent_code, "parent")
-
+    def make(code: str) -> UseCase:
         async def use_case(tx: Tx) -> Answer:
             parent = _state(await lock_parent(tx, code))
             data = {"parent": parent_json(parent.code, parent.children, parent.status)}
@@ -234,6 +235,26 @@ async def finish_parent(
             )
             return Answer(Outcome.OK, message, data)
 
-        return Command("finish", code=code, parent_code=code), use_case
+        return use_case
+
+    return await _on_parent(engine, actor, client_id, parent_code, "finish", make)
+
+
+async def _on_parent(
+    engine: AsyncEngine,
+    actor: Actor,
+    client_id: object,
+    parent_code: object,
+    action: str,
+    make: Callable[[str], UseCase],
+) -> Result:
+    """The shape of the use cases on the scanner's current parent: check, normalise, run."""
+
+    def plan() -> Planned:
+        require(actor, Permission.SCAN)
+        if parent_code is None or parent_code == "":
+            raise linking.no_parent_selected()
+        code = code_of(parent_code, "parent")
+        return Command(action, code=code, parent_code=code), make(code)
 
     return await run(engine, actor, client_id, plan)
