@@ -4,7 +4,7 @@ import sys
 from collections.abc import Callable
 from importlib import import_module
 
-BENCHMARKS = {"scan": "bench.scan_throughput"}
+BENCHMARKS = {"scan": "bench.scan_throughput", "walls": "bench.ws_load"}
 
 
 def main(argv: list[str]) -> int:

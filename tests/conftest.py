@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests import services
+from tests.browser import browser, web_server  # noqa: F401  (fixtures for browser tests)
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate

@@ -71,3 +71,18 @@ async def test_oversized_bodies_are_refused(settings, path):
     async with app.test_app() as test_app:
         response = await test_app.test_client().post(path, data=b"x" * 100_000)
         assert response.status_code in {405, 413}
+
+
+async def test_restarting_with_the_same_admin_password_keeps_admin_sessions(settings):
+    from tests.web import app_for, sign_in
+
+    first = app_for(settings)
+    async with first.test_app() as test_app:
+        client = test_app.test_client()
+        await sign_in(client, "admin", "Admin-pass1")
+        cookies = client.cookie_jar
+    again = app_for(settings)
+    async with again.test_app() as test_app:
+        client = test_app.test_client()
+        client.cookie_jar = cookies
+        assert (await client.get("/")).status_code == 200

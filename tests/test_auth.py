@@ -320,3 +320,10 @@ async def test_concurrent_wrong_passwords_cannot_skip_the_lockout(app, engine):
             await conn.execute(text("SELECT locked_until FROM \"user\" WHERE username='admin'"))
         ).scalar_one()
     assert locked is not None
+
+
+async def test_signing_in_still_works_while_redis_is_unreachable(settings):
+    app = app_for(settings, redis_url="redis://127.0.0.1:1/0")
+    async with app.test_app() as test_app:
+        response = await sign_in(test_app.test_client(), "admin", ADMIN_PASSWORD)
+        assert response.status_code == 302

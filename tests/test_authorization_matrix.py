@@ -16,6 +16,9 @@ PUBLIC = "public"
 ADMIN = {"admin"}
 STAFF = {"admin", "biller", "dispatcher", "supervisor"}
 SCANNING = {"admin", "dispatcher"}
+BILLING = {"admin", "biller"}
+VIEWING = {"admin", "biller", "supervisor"}
+OVERSEEING = {"admin", "supervisor"}
 
 EXPECTED: dict[str, str | set[str]] = {
     "static": PUBLIC,
@@ -49,8 +52,33 @@ EXPECTED: dict[str, str | set[str]] = {
     "admin.revoke_display": ADMIN,
     "admin.open_display": PUBLIC,
     "admin.audit": ADMIN,
+    "scan.scanner": SCANNING,
+    "bills.index": VIEWING,
+    "bills.create": BILLING,
+    "bills.view": VIEWING,
+    "bills.live": VIEWING,
+    "bills.print_view": VIEWING,
+    "bills.edit": BILLING,
+    "bills.link_parent": BILLING,
+    "bills.remove_parent": BILLING,
+    "bills.complete": BILLING,
+    "bills.reopen": BILLING,
+    "bills.delete": ADMIN,
+    "bags.search": STAFF,
+    "bags.detail": STAFF,
+    "bags.delete": ADMIN,
+    "exports.index": STAFF,
+    "exports.bags": STAFF,
+    "exports.bills": VIEWING,
+    "exports.bill": VIEWING,
+    "exports.activity": OVERSEEING,
     "api.post_scan": SCANNING,
     "api.missed_events": STAFF,
+    "api.stats": STAFF,  # and display links (tests/test_monitoring.py)
+    "dashboard.wall": OVERSEEING,  # and display links (tests/test_monitoring.py)
+    "monitoring.system_health": ADMIN,
+    "monitoring.system_health_history": ADMIN,
+    "monitoring.metrics": ADMIN,  # or the scrape token (tests/test_monitoring.py)
     "ws.ws": PUBLIC,  # authenticates itself before accepting: see tests/test_ws.py
 }
 SAMPLE_ARGUMENTS = {
@@ -58,6 +86,9 @@ SAMPLE_ARGUMENTS = {
     "link_id": "999999",
     "token": "nope",
     "filename": "css/app.css",
+    "bill_id": "999999",
+    "code": "SB99999",
+    "fmt": "csv",
 }
 VISITORS = ["anonymous", "dispatcher", "biller", "supervisor", "admin"]
 

@@ -73,6 +73,29 @@ async def test_a_scan_is_acked_on_the_same_socket_right_after_commit(app, engine
         assert events["events"][0]["kind"] in {"parent.scanned", "child.linked"}
 
 
+async def test_undo_and_finish_of_the_current_parent_are_acked_like_scans(app, engine):
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        await _receive_until(ws, "welcome")
+        for message in (
+            {"type": "scan", "id": "p", "code": "SB10001", "as": "parent"},
+            {"type": "scan", "id": "c1", "code": "KID01", "as": "child", "parent": "SB10001"},
+            {"type": "scan", "id": "c2", "code": "KID02", "as": "child", "parent": "SB10001"},
+            {"type": "undo", "id": "u", "parent": "SB10001"},
+            {"type": "finish", "id": "f", "parent": "SB10001"},
+            {"type": "finish", "id": "f", "parent": "SB10001"},  # a replay: same answer
+        ):
+            await ws.send(json.dumps(message))
+        acks = [await _receive_until(ws, "ack") for _ in range(6)]
+    assert [a["id"] for a in acks] == ["p", "c1", "c2", "u", "f", "f"]
+    assert acks[3]["message"] == "Removed KID02 from SB10001 (1/30)"
+    assert acks[4]["outcome"] == "ok"
+    assert acks[4]["message"] == "SB10001 finished with 1/30 child bags; scan it again to add more."
+    assert acks[4]["parent"] == {"code": "SB10001", "children": 1, "status": "pending"}
+    assert acks[5] == acks[4]
+
+
 @pytest.mark.parametrize(
     ("message", "expected"),
     [

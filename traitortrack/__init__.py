@@ -14,7 +14,21 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     from traitortrack import runtime
     from traitortrack.logs import configure_logging
-    from traitortrack.web import admin, api, auth, dashboard, health, hooks, limits, ws
+    from traitortrack.web import (
+        admin,
+        api,
+        auth,
+        bags,
+        bills,
+        dashboard,
+        exports,
+        health,
+        hooks,
+        limits,
+        monitoring,
+        scan,
+        ws,
+    )
 
     settings = settings or Settings.from_env()
     configure_logging(settings.is_production)
@@ -39,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     # Hooks first: the rate limits key on the account the hooks load.
     hooks.install(app)
     limits.install(app, settings)
-    for module in (health, auth, dashboard, admin, api, ws):
+    for module in (health, auth, dashboard, admin, monitoring, scan, bills, bags, exports, api, ws):
         app.register_blueprint(module.blueprint)
 
     @app.before_serving

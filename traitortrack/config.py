@@ -40,6 +40,8 @@ class Settings:
     admin_password: str | None = field(default=None, repr=False)
     data_dir: Path = Path("var")
     slow_query_ms: float = 100.0
+    # Lets a Prometheus server scrape /metrics without an admin session (Bearer token).
+    metrics_token: str | None = field(default=None, repr=False)
     db_pool_size: int = 20
     db_max_overflow: int = 10
     migrate_on_start: bool = True
@@ -82,6 +84,7 @@ class Settings:
             admin_password=environ.get("ADMIN_PASSWORD") or None,
             data_dir=data_dir,
             slow_query_ms=float(environ.get("SLOW_QUERY_MS", "100")),
+            metrics_token=environ.get("METRICS_TOKEN") or None,
             db_pool_size=int(environ.get("DB_POOL_SIZE", "20")),
             db_max_overflow=int(environ.get("DB_MAX_OVERFLOW", "10")),
             migrate_on_start=environ.get("MIGRATE_ON_START", "1") != "0",

@@ -19,6 +19,9 @@ from traitortrack.config import Settings
 from traitortrack.db.embedded import start_embedded_postgres
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
+from traitortrack.db.slow_queries import watch
+from traitortrack.monitoring import probes
+from traitortrack.monitoring.monitor import Monitor
 from traitortrack.realtime.live import Live
 from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
 
@@ -35,6 +38,7 @@ class Runtime:
     live: "Live"
     # Replaceable so tests can move time (lockouts, session expiry, TOTP steps).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    monitor: Monitor | None = None
 
     async def check_database(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:
@@ -55,6 +59,8 @@ async def start(app: Quart, settings: Settings) -> None:
         url = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
         settings = settings.with_database(url)
     engine = create_engine(settings)
+    probes.slow_queries.threshold_ms = settings.slow_query_ms
+    watch(engine, probes.slow_queries)
     if settings.migrate_on_start:
         await migrate(engine)
     generated = await ensure_admin(engine, settings.admin_password)
@@ -69,6 +75,8 @@ async def start(app: Quart, settings: Settings) -> None:
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     state = Runtime(settings, engine, redis, live=None)  # type: ignore[arg-type]
     state.live = await Live.start(engine, settings, lambda: state.clock())
+    state.monitor = await Monitor.start(engine, settings, redis, state.live)
+    logging.getLogger().addHandler(probes.error_counter)
     app.extensions["traitortrack"] = state
     log.info("worker ready", extra={"redis": settings.redis_url is not None})
 
@@ -77,6 +85,9 @@ async def stop(app: Quart) -> None:
     state = app.extensions.pop("traitortrack", None)
     if state is None:
         return
+    logging.getLogger().removeHandler(probes.error_counter)
+    if state.monitor is not None:
+        await state.monitor.stop()
     await state.live.stop()
     if state.redis is not None:
         await state.redis.aclose()

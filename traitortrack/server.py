@@ -20,6 +20,8 @@ from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 from hypercorn.utils import wrap_app
 
+from traitortrack.monitoring import multiprocess
+
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.1
@@ -70,6 +72,8 @@ def _route_hypercorn_logs_through_ours(config: Config) -> None:
 
 def run(config: Config) -> int:
     """Serve with ``config.workers`` processes until SIGINT/SIGTERM; restart crashed ones."""
+    # Before any worker starts: they find the metrics folder in their environment.
+    metrics_dir, made_metrics_dir = multiprocess.prepare()
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     sockets = config.create_sockets()
@@ -91,6 +95,7 @@ def run(config: Config) -> int:
         wait([p.sentinel for p in processes], timeout=1)
         for process in [p for p in processes if p.exitcode is not None]:
             processes.remove(process)
+            multiprocess.worker_died(process.pid)
             if not stop.is_set():
                 log.error("worker died; starting another", extra={"exit_code": process.exitcode})
                 exit_code = process.exitcode or 1
@@ -102,4 +107,6 @@ def run(config: Config) -> int:
             process.terminate()
     for sock in sockets.insecure_sockets + sockets.secure_sockets:
         sock.close()
+    if made_metrics_dir:
+        multiprocess.remove(metrics_dir)
     return exit_code if stop.is_set() and exit_code == 0 else 0

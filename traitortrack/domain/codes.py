@@ -12,6 +12,8 @@ MIN_LENGTH = 4
 _ALLOWED = re.compile(r"[A-Z0-9-]+")
 _PARENT = re.compile(r"SB[0-9]{5}|M444-[0-9]{5}")
 _CHILD = re.compile(r"[A-Z0-9]{4,20}")
+# The scanner page decides parent-or-child with the same pattern (a JavaScript RegExp too).
+PARENT_PATTERN = _PARENT.pattern
 
 EMPTY = "QR code cannot be empty"
 TOO_LONG = f"QR code too long (max {MAX_LENGTH} characters)"

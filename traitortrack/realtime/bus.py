@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.01
 HEARTBEAT_S = 1.0
-DEGRADED_AFTER_S = 1.0
+# Well past the leader's heartbeat, so a follower does not flap at idle.
+DEGRADED_AFTER_S = 2 * HEARTBEAT_S
 LEADER_LOCK_KEY = 0x74725F72656C6179  # "tr_relay"
 CATCH_UP_LIMIT = 100_000
 

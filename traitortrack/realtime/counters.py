@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from traitortrack.domain.events import Event, EventKind
+from traitortrack.realtime.rates import ScanRates
 
 FIELDS = ("parents", "children", "completed", "bills_created", "bills_completed")
 NO_AREA = "-"
@@ -50,6 +51,8 @@ class LiveCounters:
     zone: ZoneInfo
     day: datetime
     by_area: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(_zeroes))
+    # Scans per minute of the last hour (wall sparklines), from the same events.
+    rates: ScanRates = field(default_factory=ScanRates)
 
     @classmethod
     def starting(cls, zone: ZoneInfo, now: datetime) -> "LiveCounters":
@@ -65,9 +68,11 @@ class LiveCounters:
                 name, sign = found
                 counts[row.area][name] += sign * row.n
         self.by_area = counts
+        await self.rates.recount(conn, now)
 
     def apply(self, event: Event, now: datetime) -> str | None:
         """Count one event; returns the area it changed, if any."""
+        self.rates.apply(event)
         if _midnight(now, self.zone) != self.day:
             self.day = _midnight(now, self.zone)
             self.by_area = defaultdict(_zeroes)

@@ -77,8 +77,12 @@ class Connection:
             return self._overflow()
         return True
 
-    def go_live(self) -> None:
-        held, self.held = self.held, []
+    def go_live(self, first: Iterable[str] = ()) -> None:
+        """Send ``first`` (welcome, replay), then the live frames held meanwhile: those have
+        later ids, so they must not overtake the replay."""
+        if self.state == State.CLOSED:  # overflowed while paused: only the resync goes out
+            return
+        held, self.held = [*first, *self.held], []
         self.state = State.LIVE
         for frame in held:
             if not self.offer(frame):
@@ -207,3 +211,7 @@ class Hub:
             "delivered": self._delivered,
             "fanout_lag_ms_p99": lags[int(len(lags) * 0.99)] if lags else None,
         }
+
+    def recent_lags_ms(self, count: int) -> list[float]:
+        """Fan-out lags of the last ``count`` events delivered (of the last 1,000 at most)."""
+        return self._lag_ms[-count:] if count > 0 else []

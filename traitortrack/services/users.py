@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from traitortrack.db.models import Audit, User
 from traitortrack.domain.roles import Role
-from traitortrack.security import generate_password, hash_password
+from traitortrack.security import generate_password, hash_password, verify_password
 from traitortrack.services.commands import Actor
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,24 @@ async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
     Returns a generated password when one had to be made up, so the caller can show it once.
     """
     async with engine.begin() as conn:
-        exists = (
-            await conn.execute(select(User.id).where(func.lower(User.username) == ADMIN_USERNAME))
-        ).scalar_one_or_none()
-        if exists is not None and password is not None:
+        row = (
+            await conn.execute(
+                select(User.id, User.password_hash)
+                .where(func.lower(User.username) == ADMIN_USERNAME)
+                .with_for_update()
+            )
+        ).one_or_none()
+        exists = None if row is None else row.id
+        # Reset only when the configured password is not already the admin's: a reset ends
+        # every admin session, and every worker start and deploy passes through here.
+        if (
+            row is not None
+            and password is not None
+            and not verify_password(password, row.password_hash)
+        ):
             await conn.execute(
                 update(User)
-                .where(User.id == exists)
+                .where(User.id == row.id)
                 .values(
                     password_hash=hash_password(password),
                     session_version=User.session_version + 1,

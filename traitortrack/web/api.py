@@ -5,9 +5,13 @@ from quart import Blueprint, jsonify, request
 from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import runtime
 from traitortrack.services.commands import Actor
+from traitortrack.services.people import list_areas
+from traitortrack.services.stats import wall_figures
+from traitortrack.version import VERSION
 from traitortrack.web.access import SCANNING, STAFF, account, api
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.hooks import origin
+from traitortrack.web.viewers import viewer, watching
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -56,3 +60,38 @@ async def missed_events() -> object:
     events = events[:MAX_EVENTS]
     last = events[-1].id if more else position
     return jsonify(events=[e.to_json() for e in events], last_event_id=last, more=more)
+
+
+@blueprint.get("/stats")
+@watching("api", STAFF)
+async def stats() -> object:
+    """Today's figures as the caller may see them (a dispatcher: their area; a display link:
+    its areas), from the hub's counters and indexed reads: never a row updated per scan.
+
+    ``position`` is the last event the figures include: a live client applies only later ones.
+    ``?areas=a,b`` narrows the feed and the per-minute counts to those areas.
+    """
+    state, who = runtime(), viewer()
+    hub = state.live.hub
+    asked = frozenset(filter(None, request.args.get("areas", "").split(","))) or None
+    narrowed = asked if who.audience is None else who.audience & (asked or who.audience)
+    # Read together, with no await between: all as of ``position``.
+    position = hub.position
+    counters = hub.counters.snapshot(who.audience)
+    per_minute = hub.counters.rates.series(narrowed, state.clock())
+    figures = await wall_figures(state.engine, position, narrowed)
+    areas = [
+        {"name": a.name, "label": a.label}
+        for a in await list_areas(state.engine)
+        if who.audience is None or a.name in who.audience
+    ]
+    system = state.monitor.latest if state.monitor is not None else {}
+    return jsonify(
+        version=VERSION,
+        position=position,
+        counters=counters,
+        per_minute=per_minute,
+        areas=areas,
+        clients=system.get("clients", {}),
+        **figures,
+    )

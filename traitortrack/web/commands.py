@@ -1,4 +1,4 @@
-"""Scan and undo messages, as they arrive over the websocket or ``POST /api/v1/scans``.
+"""Scan, undo and finish messages, as they arrive over the websocket or ``POST /api/v1/scans``.
 
 Parsing is strict (SPEC §8): anything malformed gets a clear message and changes nothing.
 """
@@ -6,11 +6,14 @@ Parsing is strict (SPEC §8): anything malformed gets a clear message and change
 from typing import Any
 
 from traitortrack.domain.outcomes import Outcome
+from traitortrack.monitoring import probes
 from traitortrack.services import scans
 from traitortrack.services.commands import Actor, Result
 from traitortrack.web.access import SCANNING
 
 KINDS = ("parent", "child")
+# Messages about the scanner's current parent: {"type": ..., "id": <uuid>, "parent": "SB12345"}.
+ON_PARENT = {"undo": scans.undo_last_child, "finish": scans.finish_parent}
 
 
 class BadMessage(ValueError):
@@ -35,18 +38,18 @@ def refusal(client_id: object, message: str) -> dict[str, Any]:
     return {"type": "ack", "id": client_id, "outcome": Outcome.REJECTED.value, "message": message}
 
 
+@probes.timed
 async def perform(engine: Any, actor: Actor, message: dict[str, Any]) -> dict[str, Any]:
-    """Run one ``scan`` or ``undo`` message; returns the ack for the sender."""
+    """Run one ``scan``, ``undo`` or ``finish`` message; returns the ack for the sender."""
     kind = message.get("type")
     client_id = message.get("id")
     if not isinstance(client_id, str) or not client_id:
         raise BadMessage("Every scan needs an 'id' (a UUID made by the client).")
     if actor.role not in SCANNING:
         return refusal(client_id, "Your role does not allow scanning.")
-    if kind == "undo":
-        return _ack(
-            client_id, await scans.undo_last_child(engine, actor, client_id, message.get("parent"))
-        )
+    if kind in ON_PARENT:
+        use_case = ON_PARENT[kind]
+        return _ack(client_id, await use_case(engine, actor, client_id, message.get("parent")))
     scan_as = message.get("as")
     if scan_as not in KINDS:
         raise BadMessage("A scan needs 'as': 'parent' or 'child'.")

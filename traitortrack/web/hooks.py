@@ -21,6 +21,7 @@ from quart_auth import AuthUser, current_user, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
 from traitortrack.domain.roles import Role
+from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
 from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
 from traitortrack.services.accounts import Account, Origin, load_account
@@ -32,6 +33,8 @@ SHIFT_LENGTH = timedelta(hours=12)
 INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CAMERA_ENDPOINTS = frozenset({"scan.scanner"})
+# What a page fetches on its own (live refreshes): not a sign that the person is still there.
+PASSIVE_ENDPOINTS = frozenset({"static", "bills.live"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CSRF_MESSAGE = (
     "This form has expired or did not come from this site, so nothing was changed. "
@@ -82,7 +85,7 @@ async def _load_account() -> None:
         g.signed_out = "Your session ended. Sign in again." if who is not None else None
         return
     g.account = who
-    if who.role in INACTIVITY_ROLES and request.endpoint != "static":
+    if who.role in INACTIVITY_ROLES and request.endpoint not in PASSIVE_ENDPOINTS:
         session["seen"] = now
 
 
@@ -94,6 +97,7 @@ def _csrf_ok() -> bool:
 async def _before_request() -> Response | tuple[Response, int] | tuple[str, int] | None:
     given_id = request.headers.get("X-Request-ID", "")
     g.request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
+    bind_request_id(g.request_id)
     if request.routing_exception is not None or request.endpoint in {
         "static",
         "health.health",
@@ -168,7 +172,7 @@ NAVIGATION = (
     ("Bills", "bills.index"),
     ("Bags", "bags.search"),
     ("Wall", "dashboard.wall"),
-    ("Health", "admin.system_health"),
+    ("Health", "monitoring.system_health"),
     ("Users", "admin.users"),
     ("Audit", "admin.audit"),
     ("Account", "auth.account_page"),

@@ -4,14 +4,19 @@ quart-rate-limiter keeps its counters in memory (per process) unless given a sto
 ``REDIS_URL`` they live in Redis so the limits hold across workers and machines.
 """
 
+import contextlib
+import logging
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart, g, request, session
 from quart_rate_limiter import RateLimit, RateLimiter, rate_limit
 from quart_rate_limiter.redis_store import RedisStore
 from quart_rate_limiter.store import MemoryStore
+from redis.exceptions import RedisError
 
 from traitortrack.config import Settings
+
+log = logging.getLogger(__name__)
 
 PER_IP = RateLimit(20, timedelta(minutes=1))
 PER_ACCOUNT = RateLimit(10, timedelta(minutes=1))
@@ -24,12 +29,19 @@ class PrefixedRedisStore(RedisStore):
         super().__init__(address)
         self.prefix = f"{prefix}:ratelimit:"
 
+    # Redis down must not lock everyone out: the limits lapse (the 5-failure lockout, kept in
+    # PostgreSQL, still guards every account) and come back with Redis.
     async def get(self, key: str, default: datetime) -> datetime:
-        return await super().get(self.prefix + key, default)
+        try:
+            return await super().get(self.prefix + key, default)
+        except (RedisError, OSError):
+            log.warning("rate limits unavailable: Redis is unreachable")
+            return default
 
     async def set(self, key: str, tat: datetime) -> None:
         ttl = max(1, int((tat - datetime.now(UTC)).total_seconds()) + 1)
-        await self._redis.set(self.prefix + key, tat.timestamp(), ex=ttl)  # type: ignore[union-attr]
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.set(self.prefix + key, tat.timestamp(), ex=ttl)  # type: ignore[union-attr]
 
     async def after_serving(self) -> None:
         if self._redis is not None:

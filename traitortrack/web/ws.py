@@ -34,6 +34,7 @@ HELLO_WAIT_S = 1.0
 MAX_REPLAY = 5_000
 REPLAY_FRAME = 500
 SESSION_CHECK_S = 30.0
+SEND_TIMEOUT_S = 10.0
 SERVICE_RESTART = 1012
 SESSION_ENDED = 4401
 
@@ -91,20 +92,18 @@ async def _serve(connection: Connection, who: Account | None) -> None:
     try:
         first = await _first_message()
         hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
-        connection.offer(
-            encode(
-                {
-                    "type": "welcome",
-                    "role": str(connection.role or "display"),
-                    "area": who.area if who else None,
-                    "last_event_id": position,
-                    "counters": counters,
-                }
-            )
+        welcome = {
+            "type": "welcome",
+            "role": str(connection.role or "display"),
+            "area": who.area if who else None,
+            "last_event_id": position,
+            "counters": counters,
+        }
+        replay = (
+            [] if hello is None else await _replay(connection, hello.get("last_event_id"), position)
         )
-        if hello is not None:
-            await _replay(connection, hello.get("last_event_id"), position)
-        connection.go_live()
+        # Live frames held since ``register`` come after these (welcome, then replay in order).
+        connection.go_live([encode(welcome), *replay])
         actor = _actor(who) if who is not None else None
         if first is not None and hello is None:
             await _handle(connection, actor, first)
@@ -145,24 +144,24 @@ def _parse(raw: str | bytes) -> Any:
         return "not json"
 
 
-async def _replay(connection: Connection, last: object, position: int) -> None:
+async def _replay(connection: Connection, last: object, position: int) -> list[str]:
+    """The frames that bring a client from ``last`` up to ``position`` (the welcome's id)."""
     if last is None:
-        return
+        return []
     if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-        connection.offer(_error("'last_event_id' must be a whole number or null."))
-        return
+        return [_error("'last_event_id' must be a whole number or null.")]
     if last >= position:
-        return
+        return []
     async with runtime().engine.connect() as conn:
         oldest = await oldest_id(conn)
         areas = sorted(connection.audience) if connection.audience is not None else None
         missed = await events_between(conn, last, position, areas, MAX_REPLAY + 1)
     if last < oldest - 1 or len(missed) > MAX_REPLAY:
-        connection.offer(encode({"type": "resync", "reason": "too far behind: reload"}))
-        return
-    for start in range(0, len(missed), REPLAY_FRAME):
-        chunk = [e.to_json() for e in missed[start : start + REPLAY_FRAME]]
-        connection.offer(encode({"type": "events", "events": chunk}))
+        return [encode({"type": "resync", "reason": "too far behind: reload"})]
+    return [
+        encode({"type": "events", "events": [e.to_json() for e in missed[i : i + REPLAY_FRAME]]})
+        for i in range(0, len(missed), REPLAY_FRAME)
+    ]
 
 
 def _error(message: str) -> str:
@@ -173,7 +172,7 @@ async def _send(connection: Connection) -> None:
     while True:
         frame = await connection.queue.get()
         if frame is not None:
-            await websocket.send(frame)
+            await _send_within(frame)
         if connection.closed.is_set() and (frame is None or connection.queue.empty()):
             break
     # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
@@ -181,11 +180,17 @@ async def _send(connection: Connection) -> None:
         await asyncio.sleep(0.02)
     while not connection.queue.empty():
         if (frame := connection.queue.get_nowait()) is not None:
-            await websocket.send(frame)
+            await _send_within(frame)
     if connection.restarting:
         await websocket.close(SERVICE_RESTART, "server restarting; reconnect")
     else:
         await websocket.close(1008, "too slow; reconnect and resume")
+
+
+async def _send_within(frame: str) -> None:
+    """A client that stops reading must not hold a frame (and its memory) forever."""
+    async with asyncio.timeout(SEND_TIMEOUT_S):
+        await websocket.send(frame)
 
 
 async def _receive(connection: Connection, actor: Actor | None) -> None:
@@ -202,21 +207,18 @@ async def _handle(connection: Connection, actor: Actor | None, message: Any) -> 
         connection.offer(encode({"type": "pong"}))
     elif kind == "hello":
         connection.offer(_error("'hello' must be the first message; reconnect to resume."))
-    elif kind in {"scan", "undo"}:
+    elif kind in {"scan", "undo", "finish"}:
         if actor is None:
             connection.offer(_error("A display link is read-only."))
-            return
-        try:
-            state = runtime()
-            ack = await perform(state.engine, replace(actor, request_id=uuid.uuid4().hex), message)
-            state.live.bus.kick()
-        except BadMessage as error:
-            connection.offer(_error(str(error)))
-            return
-        connection.offer(encode(ack))
+        elif connection.restarting:
+            connection.offer(_error("The server is restarting; this was not saved. Send it again."))
+        else:
+            await _save(connection, actor, message)
     else:
         connection.offer(
-            _error(f"Unknown message type {kind[:40]!r}; expected hello, scan, undo or ping.")
+            _error(
+                f"Unknown message type {kind[:40]!r}; expected hello, scan, undo, finish or ping."
+            )
         )
 
 

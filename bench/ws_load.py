@@ -1,0 +1,492 @@
+"""Wall displays under load: event-to-display latency with 1,000 walls open at 500 scans/s,
+against a same-run baseline with only the measuring walls open (issue 7).
+
+    python -m bench.ws_load [--walls 1000] [--rate 500] [--seconds 20] [--workers 1]
+    python -m bench walls ...
+
+The app runs as ``traitortrack serve`` on a scratch database. Dispatchers scan over websockets
+at a fixed rate (open loop: a slow server does not slow the senders). ``--measuring`` walls
+parse every frame; the others read and discard, as a browser that keeps up would, so that this
+process spends its CPU on the measurement. Event-to-display latency runs from the scanner
+receiving its ack (the moment the scan exists for people) to a measuring wall receiving the
+event. Server CPU and memory are read from /proc for the runner and its workers.
+"""
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import websockets
+from sqlalchemy.engine import make_url
+
+from bench.scan_throughput import libpq_url, server_url
+from traitortrack.config import Settings, normalize_database_url
+from traitortrack.db.engine import create_engine
+from traitortrack.db.migrate import migrate
+from traitortrack.domain.roles import Role
+from traitortrack.services.users import create_user
+
+TARGET_P99_MS = 250.0
+AREAS = ("lucknow", "indore", "jaipur", "hisar", "sri_ganganagar", "sangaria", "bathinda",
+         "raipur", "ranchi", "akola")  # fmt: skip
+PASSWORD = "Bench-pass1"
+PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
+DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
+HEADING = "## Wall displays under load (issue 7)"
+ROOT = Path(__file__).resolve().parents[1]
+_CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class Phase:
+    name: str
+    walls: int
+    seconds: float = 0.0
+    sent: int = 0
+    acked: int = 0
+    ack_ms: list[float] = field(default_factory=list)
+    display_ms: list[float] = field(default_factory=list)
+    server_cpu_pct: float = 0.0
+    server_rss_mb: float = 0.0
+    machine_cpu_pct: float = 0.0
+    bench_cpu_pct: float = 0.0
+    resyncs: int = 0
+    dropped: int = 0
+
+    def pct(self, values: list[float], p: int) -> float:
+        if len(values) < 2:
+            return float("nan")
+        return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+# The server --------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
+        with socket_port() as port:
+            self.port = port
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "traitortrack", "serve", "--workers", str(workers),
+             "--bind", f"127.0.0.1:{self.port}"],
+            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited; see {self.log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.base}/ready")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the server was not ready in {seconds} s; see {self.log}")
+
+    def pids(self) -> list[int]:
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo += [int(child) for child in task.read_text().split()]
+        return found
+
+    def cpu_seconds(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(),
+                                  re.MULTILINE)  # fmt: skip
+                total += int(found.group(1)) if found else 0
+        return total / 1024
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, 9)
+        self.process.wait(10)
+
+
+@contextlib.contextmanager
+def socket_port() -> Any:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def machine_busy() -> tuple[int, int]:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+async def login(base: str, username: str) -> str:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        token = _CSRF_FIELD.search((await client.get("/login")).text)
+        assert token, "no csrf field on /login"
+        response = await client.post(
+            "/login", data={"username": username, "password": PASSWORD, "csrf_token": token[1]}
+        )
+        assert response.status_code in {302, 303}, response.text[:200]
+        return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+# Clients -----------------------------------------------------------------------------------
+
+
+class Scanner:
+    """A dispatcher's socket: scans sent on a schedule, acks timed."""
+
+    def __init__(self, ws: Any, index: int, area: str) -> None:
+        self.ws, self.index, self.area = ws, index, area
+        self.parents = [f"SB{index * 1000 + p + 1:05d}" for p in range(PARENTS_PER_SCANNER)]
+        self.children = dict.fromkeys(self.parents, 0)
+        self.next_parent = 0
+        self.sent_at: dict[str, float] = {}  # scan id -> send time
+        self.code_of: dict[str, str] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self.ws:
+                message = json.loads(raw)
+                if message["type"] == "ack":
+                    now = time.monotonic()
+                    sent = self.sent_at.pop(message["id"], None)
+                    if sent is not None and message["outcome"] == "ok":
+                        ACKS[self.code_of.pop(message["id"])] = now
+                        PHASE.acked += 1
+                        PHASE.ack_ms.append((now - sent) * 1000)
+
+    async def open_parents(self) -> None:
+        for parent in self.parents:
+            await self.send(parent, None)
+
+    async def send(self, code: str, parent: str | None) -> None:
+        scan_id = str(uuid.uuid4())
+        message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
+        message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
+        self.sent_at[scan_id] = time.monotonic()
+        self.code_of[scan_id] = code
+        await self.ws.send(json.dumps(message))
+
+    async def scan_next(self) -> None:
+        """A child into the next parent; a full parent is replaced by a new one."""
+        parent = self.parents[self.next_parent]
+        if self.children[parent] == 30:
+            number = int(parent[2:]) + PARENTS_PER_SCANNER
+            parent = self.parents[self.next_parent] = f"SB{number:05d}"
+            self.children[parent] = 0
+            await self.send(parent, None)
+        self.children[parent] += 1
+        self.next_parent = (self.next_parent + 1) % PARENTS_PER_SCANNER
+        await self.send(f"C{self.index:03d}{uuid.uuid4().hex[:10].upper()}", parent)
+
+
+ACKS: dict[str, float] = {}  # child code -> when its scanner got the ack
+PHASE = Phase("", 0)
+
+
+async def measuring_wall(base: str, cookie: str, ready: asyncio.Event) -> None:
+    """A wall that reads everything, timing each scan it is shown."""
+    url = base.replace("http", "ws") + "/ws?view=wall"
+    async with websockets.connect(
+        url, additional_headers={"Cookie": cookie}, max_size=None, open_timeout=60
+    ) as ws:
+        await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+        ready.set()
+        pending: dict[str, float] = {}
+        async for raw in ws:
+            now = time.monotonic()
+            message = json.loads(raw)
+            if message["type"] == "resync":
+                PHASE.resyncs += 1
+            if message["type"] != "events":
+                continue
+            for event in message["events"]:
+                if event["kind"] == "child.linked":
+                    pending[event["data"]["child"]] = now
+            for code in [c for c in pending if c in ACKS]:
+                PHASE.display_ms.append(max(0.0, (pending.pop(code) - ACKS[code]) * 1000))
+
+
+async def reading_wall(port: int, cookie: str, ready: asyncio.Event) -> None:
+    """A wall that keeps up but does not parse (the handshake by hand, then read and drop)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws?view=wall HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Cookie: {cookie}\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head[:200])
+    hello = json.dumps({"type": "hello", "last_event_id": None}).encode()
+    mask = os.urandom(4)
+    writer.write(
+        bytes([0x81, 0x80 | len(hello)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(hello))
+    )
+    ready.set()
+    try:
+        while await reader.read(1 << 16):
+            pass
+        PHASE.dropped += 1  # the server closed it: it fell behind
+    finally:
+        writer.close()
+
+
+# Phases ------------------------------------------------------------------------------------
+
+
+async def measure(name: str, walls: int, scanners: list[Scanner], server: Server,
+                  args: argparse.Namespace) -> Phase:  # fmt: skip
+    global PHASE
+    PHASE = Phase(name, walls)
+    interval = len(scanners) / args.rate  # each scanner's share of the rate
+    deadline = time.monotonic() + args.warmup + args.seconds
+    started: float | None = None
+    cpu = busy = bench_cpu = 0.0
+    rss_peak = 0.0
+
+    async def drive(scanner: Scanner, offset: float) -> None:
+        due = time.monotonic() + offset
+        while due < deadline:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await scanner.scan_next()
+            PHASE.sent += 1
+            due += interval
+
+    drivers = [asyncio.create_task(drive(s, i * interval / len(scanners)))
+               for i, s in enumerate(scanners)]  # fmt: skip
+    await asyncio.sleep(args.warmup)
+    # Everything before this point was warm-up: measure from here.
+    PHASE.sent = PHASE.acked = 0
+    PHASE.ack_ms, PHASE.display_ms = [], []
+    started, cpu, busy, bench_cpu = (
+        time.monotonic(),
+        server.cpu_seconds(),
+        machine_busy(),
+        time.process_time(),
+    )
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        rss_peak = max(rss_peak, server.rss_mb())
+    await asyncio.gather(*drivers)
+    PHASE.seconds = time.monotonic() - started
+    await asyncio.sleep(1)  # the last acks and frames arrive
+    now_busy = machine_busy()
+    PHASE.server_cpu_pct = 100 * (server.cpu_seconds() - cpu) / PHASE.seconds
+    PHASE.machine_cpu_pct = 100 * (now_busy[0] - busy[0]) / max(1, now_busy[1] - busy[1])
+    PHASE.bench_cpu_pct = 100 * (time.process_time() - bench_cpu) / PHASE.seconds
+    PHASE.server_rss_mb = rss_peak
+    return PHASE
+
+
+async def run(args: argparse.Namespace, database_url: str, directory: Path) -> tuple[Phase, Phase]:
+    engine = create_engine(Settings(database_url=database_url))
+    await migrate(engine)
+    await create_user(engine, "wall", PASSWORD, Role.SUPERVISOR, None, 4)
+    # One dispatcher per area (sign-ins are rate limited per address); sockets share them.
+    names = [f"scanner_{area}" for area in AREAS]
+    for name, area in zip(names, AREAS, strict=True):
+        await create_user(engine, name, PASSWORD, Role.DISPATCHER, area, 4)
+    await engine.dispose()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRAITORTRACK_", "REDIS_", "PROMETHEUS_"))}  # fmt: skip
+    env |= {
+        "DATABASE_URL": database_url,
+        "ADMIN_PASSWORD": PASSWORD,
+        "SESSION_SECRET": "bench-secret-" + "b" * 40,
+        "TRAITORTRACK_DATA_DIR": str(directory),
+        "MIGRATE_ON_START": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if args.redis:
+        env |= {"REDIS_URL": args.redis, "REDIS_PREFIX": f"tt-bench:{uuid.uuid4().hex[:8]}"}
+    server = Server(env, args.workers, directory / "server.log")
+    tasks: list[asyncio.Task[None]] = []
+    sockets = []
+    try:
+        await server.ready()
+        wall_cookie = await login(server.base, "wall")
+        scanners = []
+        cookies = [await login(server.base, name) for name in names]
+        for i in range(args.scanners):
+            ws = await websockets.connect(
+                server.base.replace("http", "ws") + "/ws",
+                additional_headers={"Cookie": cookies[i % len(AREAS)]},
+                max_size=None,
+            )
+            await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+            sockets.append(ws)
+            scanners.append(Scanner(ws, i, AREAS[i % len(AREAS)]))
+        for scanner in scanners:
+            await scanner.open_parents()
+
+        async def open_walls(count: int, kind: str) -> None:
+            for _ in range(count):
+                ready = asyncio.Event()
+                if kind == "measuring":
+                    tasks.append(
+                        asyncio.create_task(measuring_wall(server.base, wall_cookie, ready))
+                    )
+                else:
+                    tasks.append(asyncio.create_task(reading_wall(server.port, wall_cookie, ready)))
+                await asyncio.wait_for(ready.wait(), 60)
+
+        await open_walls(args.measuring, "measuring")
+        await asyncio.sleep(1.5)
+        baseline = await measure("baseline", args.measuring, scanners, server, args)
+        print(f"  baseline done: {baseline.acked} scans acked", flush=True)
+        await open_walls(args.walls - args.measuring, "reading")
+        await asyncio.sleep(3)
+        loaded = await measure("loaded", args.walls, scanners, server, args)
+        print(f"  loaded done: {loaded.acked} scans acked", flush=True)
+        return baseline, loaded
+    finally:
+        for task in tasks:
+            task.cancel()
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        server.stop()
+
+
+def report(phases: tuple[Phase, Phase], args: argparse.Namespace, load: float) -> str:
+    rows = [
+        "| phase | walls open | scans/s | ack p99 ms | event-to-display p50 / p95 / p99 ms "
+        "| server CPU (% of a core) | server RSS MB | machine CPU busy | walls resynced/dropped |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in phases:
+        rows.append(
+            f"| {p.name} | {p.walls:,} | {p.acked / p.seconds:,.0f} | {p.pct(p.ack_ms, 99):.1f} "
+            f"| {p.pct(p.display_ms, 50):.0f} / {p.pct(p.display_ms, 95):.0f} / "
+            f"{p.pct(p.display_ms, 99):.0f} | {p.server_cpu_pct:.0f} % | {p.server_rss_mb:.0f} "
+            f"| {p.machine_cpu_pct:.0f} % | {p.resyncs}/{p.dropped} |"
+        )
+    loaded = phases[1]
+    p99 = loaded.pct(loaded.display_ms, 99)
+    verdict = (
+        "PASS"
+        if p99 <= TARGET_P99_MS and loaded.acked / loaded.seconds >= 0.95 * args.rate
+        else "FAIL"
+    )
+    return "\n".join(
+        [
+            f"{args.rate} scans/s asked for from {args.scanners} scanner sockets, {args.seconds} s "
+            f"measured after {args.warmup} s of warm-up per phase; {args.measuring} walls time "
+            f"every scan, the rest read and discard; {args.workers} worker(s)"
+            f"{' with Redis' if args.redis else ', in-process bus'}. {os.cpu_count()} CPUs shared "
+            f"by PostgreSQL, the server and this benchmark; Python {platform.python_version()}, "
+            f"load average {load:.1f} before the run, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+            "",
+            *rows,
+            "",
+            f"Event-to-display p99 with {loaded.walls:,} walls: **{p99:.0f} ms** "
+            f"(target <= {TARGET_P99_MS:.0f} ms at {args.rate} scans/s): **{verdict}**",
+            f"(bench process CPU: {phases[0].bench_cpu_pct:.0f} % / {loaded.bench_cpu_pct:.0f} % "
+            "of a core.)",
+        ]
+    )
+
+
+def write_doc(body: str, postgres: str) -> None:
+    section = (
+        f"{HEADING}\n\nMeasured by `python -m bench walls` (bench/ws_load.py) on "
+        f"PostgreSQL {postgres}.\n\n{body}\n"
+    )
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    start = text.find(HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    DOC.write_text(text)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    server, load = server_url(), os.getloadavg()[0]
+    name = f"tt_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(libpq_url(server, make_url(server).database or "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with tempfile.TemporaryDirectory(prefix="tt-walls-") as directory:
+            print(f"scratch database {name}; {args.walls} walls at {args.rate} scans/s", flush=True)
+            phases = await run(
+                args, normalize_database_url(libpq_url(server, name)), Path(directory)
+            )
+        postgres = await admin.fetchval("SHOW server_version")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    body = report(phases, args, load)
+    print(body)
+    if args.write:
+        write_doc(body, postgres)
+        print(f"written to {DOC}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    summary = (__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m bench walls", description=summary)
+    parser.add_argument("--walls", type=int, default=1000, help="walls open (default 1000)")
+    parser.add_argument("--measuring", type=int, default=20, help="walls that time (default 20)")
+    parser.add_argument("--rate", type=int, default=500, help="scans per second (default 500)")
+    parser.add_argument("--scanners", type=int, default=20, help="scanner sockets (default 20)")
+    parser.add_argument("--seconds", type=float, default=20, help="measured per phase")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up per phase")
+    parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL"), help="REDIS_URL")
+    parser.add_argument("--write", action="store_true", help="write docs/performance.md")
+    args = parser.parse_args(argv)
+    if args.workers > 1 and not args.redis:
+        parser.error("several workers need --redis")
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
