@@ -70,10 +70,13 @@ async def database_url(postgres_server: str, template_database: str) -> AsyncIte
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path) -> Settings:
+def settings(database_url: str, tmp_path, redis_prefix: str) -> Settings:
+    # A Redis prefix of the test's own: apps of other tests (or other runs) on the same Redis
+    # must never hear this test's event channel.
     return replace(
         Settings(),
         database_url=database_url,
+        redis_prefix=redis_prefix,
         session_secret="test-secret-" + "x" * 40,
         data_dir=tmp_path,
         db_pool_size=20,

@@ -66,9 +66,14 @@ class LocalBus:
                 await task
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
+        # A timer that sets the event, not asyncio.timeout(): on Python 3.11 a cancel that
+        # lands as the timeout expires can be swallowed as a TimeoutError, and a loop polling
+        # every 10 ms hits that often enough to make a stop hang.
+        timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
         self._wake.clear()
 
     async def _follow_outbox(self, active: Callable[[], bool]) -> None:
