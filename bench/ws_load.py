@@ -7,9 +7,9 @@ against a same-run baseline with only the measuring walls open (issue 7).
 The app runs as ``traitortrack serve`` on a scratch database. Dispatchers scan over websockets
 at a fixed rate (open loop: a slow server does not slow the senders). ``--measuring`` walls
 parse every frame; the others read and discard, as a browser that keeps up would, so that this
-process spends its CPU on the measurement. Event-to-display latency runs from the scanner
-receiving its ack (the moment the scan exists for people) to a measuring wall receiving the
-event. Server CPU and memory are read from /proc for the runner and its workers.
+process spends its CPU on the measurement. Event-to-display latency runs from the event's time
+in the database (its transaction's start, on this machine's clock) to a measuring wall
+receiving it. Server CPU and memory are read from /proc for the runner and its workers.
 """
 
 import argparse
@@ -179,7 +179,6 @@ class Scanner:
         self.children = dict.fromkeys(self.parents, 0)
         self.next_parent = 0
         self.sent_at: dict[str, float] = {}  # scan id -> send time
-        self.code_of: dict[str, str] = {}
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -190,7 +189,6 @@ class Scanner:
                     now = time.monotonic()
                     sent = self.sent_at.pop(message["id"], None)
                     if sent is not None and message["outcome"] == "ok":
-                        ACKS[self.code_of.pop(message["id"])] = now
                         PHASE.acked += 1
                         PHASE.ack_ms.append((now - sent) * 1000)
 
@@ -203,7 +201,6 @@ class Scanner:
         message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
         message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
         self.sent_at[scan_id] = time.monotonic()
-        self.code_of[scan_id] = code
         await self.ws.send(json.dumps(message))
 
     async def scan_next(self) -> None:
@@ -219,21 +216,20 @@ class Scanner:
         await self.send(f"C{self.index:03d}{uuid.uuid4().hex[:10].upper()}", parent)
 
 
-ACKS: dict[str, float] = {}  # child code -> when its scanner got the ack
 PHASE = Phase("", 0)
 
 
 async def measuring_wall(base: str, cookie: str, ready: asyncio.Event) -> None:
-    """A wall that reads everything, timing each scan it is shown."""
+    """A wall that reads everything, timing each scan it is shown (from the event's time in
+    the database, on this same machine's clock)."""
     url = base.replace("http", "ws") + "/ws?view=wall"
     async with websockets.connect(
         url, additional_headers={"Cookie": cookie}, max_size=None, open_timeout=60
     ) as ws:
         await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
         ready.set()
-        pending: dict[str, float] = {}
         async for raw in ws:
-            now = time.monotonic()
+            now = time.time()
             message = json.loads(raw)
             if message["type"] == "resync":
                 PHASE.resyncs += 1
@@ -241,9 +237,8 @@ async def measuring_wall(base: str, cookie: str, ready: asyncio.Event) -> None:
                 continue
             for event in message["events"]:
                 if event["kind"] == "child.linked":
-                    pending[event["data"]["child"]] = now
-            for code in [c for c in pending if c in ACKS]:
-                PHASE.display_ms.append(max(0.0, (pending.pop(code) - ACKS[code]) * 1000))
+                    at = datetime.fromisoformat(event["at"]).timestamp()
+                    PHASE.display_ms.append((now - at) * 1000)
 
 
 async def reading_wall(port: int, cookie: str, ready: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -369,3 +370,22 @@ def test_settings_read_the_scrape_token_from_the_environment(production):
     env["TRAITORTRACK_ENV"] = "production" if production else "development"
     assert Settings.from_env(env).metrics_token == "abc"
     assert replace(Settings(), metrics_token=None).metrics_token is None
+
+
+async def test_the_walls_statements_are_served_by_indexes(engine):
+    from traitortrack.realtime.rates import _COUNT_LAST_HOUR, SCAN_KINDS
+    from traitortrack.services.stats import _BILLS, _LATEST_SCANS, FEED_KINDS
+
+    statements = [
+        (_LATEST_SCANS, {"upto": 10**6, "lookback": 20_000, "kinds": FEED_KINDS,
+                         "areas": ["jaipur"], "limit": 30}),
+        (_BILLS, {}),
+        (_COUNT_LAST_HOUR, {"since": datetime.now(UTC), "kinds": sorted(SCAN_KINDS)}),
+    ]  # fmt: skip
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, parameters in statements:
+            plan = "\n".join(
+                (await conn.execute(text("EXPLAIN " + statement.text), parameters)).scalars()
+            )
+            assert "Seq Scan" not in plan, plan
