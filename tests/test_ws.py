@@ -187,3 +187,30 @@ async def test_a_display_sees_scans_made_by_a_dispatcher_in_its_area(app, engine
         assert events["events"][0]["data"]["parent"]["code"] == "SB30001"
         counters = await _receive_until(wall, "counters")
         assert counters["areas"]["jaipur"]["parents"] == 1
+
+
+async def test_a_wall_socket_closes_once_its_display_link_is_revoked(app, engine, monkeypatch):
+    from quart.testing.connections import WebsocketDisconnectError
+
+    from traitortrack.services import people
+    from traitortrack.web import ws as ws_module
+
+    monkeypatch.setattr(ws_module, "SESSION_CHECK_S", 0.05)
+    boss = await make_actor(engine, Role.ADMIN, name="boss")
+    made = await people.create_display_link(engine, boss, "Gate TV", ["jaipur"])
+    link_id = await _value(engine, "SELECT id FROM display_link")
+    client = app.test_client()
+    assert (await client.get(f"/display/{made.token}")).status_code == 302
+    async with client.websocket("/ws?view=wall") as wall:
+        await wall.send(json.dumps({"type": "hello"}))
+        assert (await _receive_until(wall, "welcome"))["role"] == "display"
+        await people.revoke_display_link(engine, boss, link_id)
+        with pytest.raises(WebsocketDisconnectError):
+            async with asyncio.timeout(3):
+                while True:
+                    await wall.receive()
+
+
+async def _value(engine, sql: str):
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql))).scalar_one()

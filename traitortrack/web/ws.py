@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from quart import Blueprint, Response, session, websocket
 from quart_auth import current_user
 
 from traitortrack.domain.roles import Role
+from traitortrack.logs import bind_request_id
 from traitortrack.realtime.hub import Connection, encode
 from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import runtime
@@ -111,8 +113,7 @@ async def _serve(connection: Connection, who: Account | None) -> None:
             asyncio.create_task(_send(connection)),
             asyncio.create_task(_receive(connection, actor)),
         ]
-        if who is not None:
-            tasks.append(asyncio.create_task(_watch_session(connection, who)))
+        tasks.append(asyncio.create_task(_watch_session(_still_allowed(who))))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -224,11 +225,13 @@ async def _handle(connection: Connection, actor: Actor | None, message: Any) -> 
 
 async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -> None:
     connection.busy = True
+    request_id = uuid.uuid4().hex
+    bind_request_id(request_id)  # log lines of this scan carry the id its audit rows record
     try:
         state = runtime()
         # Shielded: a stop must not cancel a scan halfway; the drain waits for its ack.
         ack = await asyncio.shield(
-            perform(state.engine, replace(actor, request_id=uuid.uuid4().hex), message)
+            perform(state.engine, replace(actor, request_id=request_id), message)
         )
         state.live.bus.kick()
         connection.offer(encode(ack))
@@ -238,10 +241,24 @@ async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -
         connection.busy = False
 
 
-async def _watch_session(connection: Connection, who: Account) -> None:
-    """End the socket when the session is revoked or runs out."""
+def _still_allowed(who: Account | None) -> Callable[[], Awaitable[bool]]:
+    """How a socket re-checks its right to stay open: the person's session, or the display
+    link it was opened with (an admin may revoke either at any time)."""
+    engine = runtime().engine
+    if who is not None:
+        return lambda: _is_present(load_account(engine, who.auth_id))
+    link_id = session.get("display_link")
+    return lambda: _is_present(display_link_access(engine, link_id))
+
+
+async def _is_present(lookup: Awaitable[object]) -> bool:
+    return await lookup is not None
+
+
+async def _watch_session(still_allowed: Callable[[], Awaitable[bool]]) -> None:
+    """End the socket when its session or display link is revoked or runs out."""
     while True:
         await asyncio.sleep(SESSION_CHECK_S)
-        if await load_account(runtime().engine, who.auth_id) is None:
+        if not await still_allowed():
             await websocket.close(SESSION_ENDED, "session ended; sign in again")
             return
