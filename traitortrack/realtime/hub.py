@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 256
 COALESCE_HZ = 10
+COUNTERS_HZ = 2
 Audience = frozenset[str] | None  # areas a connection may see; None: all of them
 
 
@@ -118,6 +119,7 @@ class Hub:
     connections: set[Connection] = field(default_factory=set)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _counters_changed: set[str] = field(default_factory=set)
+    _counters_sent_at: float = 0.0
     _delivered: int = 0
     _lag_ms: list[float] = field(default_factory=list)
 
@@ -163,7 +165,13 @@ class Hub:
     def flush_coalesced(self) -> None:
         """Send walls and metrics screens what gathered since the last flush (one frame each)."""
         pending, self._pending = self._pending, []
-        changed, self._counters_changed = self._counters_changed, set()
+        changed: set[str] = set()
+        now = time.monotonic()
+        # Counters change with every scan; a snapshot twice a second is plenty on a wall and
+        # halves the sends that 1,000 walls cost a worker.
+        if self._counters_changed and now - self._counters_sent_at >= 1 / COUNTERS_HZ:
+            changed, self._counters_changed = self._counters_changed, set()
+            self._counters_sent_at = now
         events_frames: dict[tuple[Audience, int], str] = {}
         counter_frames: dict[Audience, str] = {}
         for connection in list(self.connections):
