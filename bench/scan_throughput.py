@@ -25,11 +25,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from bench.docs import DOC, write_section
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
@@ -42,7 +42,6 @@ TARGET = 0.5
 AREA = "jaipur"
 PER_PARENT = 30
 WARMUP_SCANS = 600
-DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 HEADING = "## Scan throughput (issue 3)"
 
 RAW_SCAN = [
@@ -214,19 +213,7 @@ def report(raw: Phase, service: Phase, args: argparse.Namespace, pool: str, load
 
 
 def write_doc(body: str, postgres: str) -> None:
-    section = (
-        f"{HEADING}\n\nMeasured by `python -m bench scan` (bench/scan_throughput.py) on "
-        f"PostgreSQL {postgres}.\n\n{body}\n"
-    )
-    text = DOC.read_text() if DOC.exists() else "# Performance\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    write_section(HEADING, "python -m bench scan", "bench/scan_throughput.py", body, postgres)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ import httpx
 import websockets
 from sqlalchemy.engine import make_url
 
+from bench.docs import DOC, write_section
 from bench.scan_throughput import libpq_url, server_url
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
@@ -48,7 +49,6 @@ AREAS = ("lucknow", "indore", "jaipur", "hisar", "sri_ganganagar", "sangaria", "
          "raipur", "ranchi", "akola")  # fmt: skip
 PASSWORD = "Bench-pass1"
 PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
-DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 HEADING = "## Wall displays under load (issue 7)"
 ROOT = Path(__file__).resolve().parents[1]
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -428,18 +428,7 @@ def report(phases: tuple[Phase, Phase], args: argparse.Namespace, load: float) -
 
 
 def write_doc(body: str, postgres: str) -> None:
-    section = (
-        f"{HEADING}\n\nMeasured by `python -m bench walls` (bench/ws_load.py) on "
-        f"PostgreSQL {postgres}.\n\n{body}\n"
-    )
-    text = DOC.read_text() if DOC.exists() else "# Performance\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    DOC.write_text(text)
+    write_section(HEADING, "python -m bench walls", "bench/ws_load.py", body, postgres)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from traitortrack.services.lists import (
     PAGE_SIZE,
     Page,
     Problems,
+    batches,
     choice_arg,
     day_arg,
     day_range,
@@ -206,19 +207,10 @@ async def search_bags(
     return page_of(rows, size, lambda row: _bag_cursor(row, where.by_code))
 
 
-async def bag_batches(
+def bag_batches(
     engine: AsyncEngine, where: BagFilter, size: int = BATCH_SIZE
 ) -> AsyncIterator[list[BagRow]]:
-    """Every bag the filter matches, a batch at a time (one short query each: no connection
-    or transaction is held while the batch is being sent)."""
-    after = None
-    while True:
-        page = await search_bags(engine, where, after, size)
-        if page.rows:
-            yield page.rows
-        if page.next is None:
-            return
-        after = page.next
+    return batches(lambda after: search_bags(engine, where, after, size))
 
 
 @dataclass(frozen=True, slots=True)

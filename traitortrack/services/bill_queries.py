@@ -21,6 +21,7 @@ from traitortrack.services.lists import (
     PAGE_SIZE,
     Page,
     Problems,
+    batches,
     choice_arg,
     page_of,
     read_time_cursor,
@@ -143,17 +144,10 @@ async def list_bills(
     return page_of(rows, size, cursor)
 
 
-async def bill_batches(
+def bill_batches(
     engine: AsyncEngine, where: BillFilter, size: int = BATCH_SIZE
 ) -> AsyncIterator[list[BillRow]]:
-    after = None
-    while True:
-        page = await list_bills(engine, where, after, size)
-        if page.rows:
-            yield page.rows
-        if page.next is None:
-            return
-        after = page.next
+    return batches(lambda after: list_bills(engine, where, after, size))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ order of an index, so page 10,000 costs what page 1 costs. A cursor is an opaque
 page hands back in its "Next" link.
 """
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar
@@ -23,6 +23,21 @@ _MAX_ID = 2**63 - 1
 class Page(Generic[T]):
     rows: list[T]
     next: str | None  # pass as ?after= for the next page; None on the last page
+
+
+async def batches(
+    fetch: Callable[[str | None], Awaitable[Page[T]]],
+) -> AsyncIterator[list[T]]:
+    """Every row of a keyset-paged list, a page at a time (one short query each: no connection
+    or transaction is held while a batch is being sent)."""
+    after = None
+    while True:
+        page = await fetch(after)
+        if page.rows:
+            yield page.rows
+        if page.next is None:
+            return
+        after = page.next
 
 
 def page_of(rows: list[T], size: int, cursor_of: Any) -> Page[T]:
