@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import websockets
 from sqlalchemy.engine import make_url
 
@@ -107,33 +108,25 @@ class Server:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"the server was not ready in {seconds} s; see {self.log}")
 
-    def pids(self) -> list[int]:
-        found, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                with contextlib.suppress(OSError):
-                    todo += [int(child) for child in task.read_text().split()]
-        return found
+    def _tree(self) -> list[psutil.Process]:
+        """The runner and its spawned workers."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
 
     def cpu_seconds(self) -> float:
-        ticks = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
         return total
 
     def rss_mb(self) -> float:
         total = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(),
-                                  re.MULTILINE)  # fmt: skip
-                total += int(found.group(1)) if found else 0
-        return total / 1024
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / 2**20
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import websockets
 
@@ -100,11 +101,12 @@ class RedisProcess:
 
 @dataclass
 class AppServer:
-    """``python -m traitortrack serve`` on a free port (one worker, spawned by the runner)."""
+    """``python -m traitortrack serve`` on a free port (workers spawned by the runner)."""
 
     name: str
     env: dict[str, str]
     log_path: Path
+    workers: int = 1
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -115,7 +117,7 @@ class AppServer:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "traitortrack", "serve", "--workers", "1",
+                [sys.executable, "-m", "traitortrack", "serve", "--workers", str(self.workers),
                  "--bind", f"127.0.0.1:{self.port}"],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -134,27 +136,19 @@ class AppServer:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready within {seconds} s:\n{self.log_tail()}")
 
-    def pids(self) -> list[int]:
-        """The runner and its descendants (the worker is a spawned child process)."""
+    def tree(self) -> list[psutil.Process]:
+        """The runner and its descendants (the workers are spawned child processes)."""
         assert self.process is not None
-        found, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                with contextlib.suppress(OSError):
-                    todo += [int(child) for child in task.read_text().split()]
-        return found
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
 
     def rss_kb(self) -> int:
-        """Resident memory of the whole process tree, from /proc/<pid>/status."""
+        """Resident memory of the whole process tree."""
         total = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text()
-                match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-                total += int(match.group(1)) if match else 0
-        return total
+        for process in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total // 1024
 
     def stop(self, grace_s: float = 5) -> None:
         if self.process is not None:

@@ -6,17 +6,14 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.browser import server_env
-from tests.live_cluster import ROOT, AppServer, LiveClient, RedisProcess, login
+from tests.live_cluster import AppServer, LiveClient, RedisProcess, login
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -24,24 +21,13 @@ TOKEN = "scrape-" + "w" * 40
 ADMIN_PASSWORD = "Browser-pass1"  # tests/browser.py server_env
 
 
-class TwoWorkers(AppServer):
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "traitortrack", "serve", "--workers", "2",
-                 "--bind", f"127.0.0.1:{self.port}"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def workers(self) -> list[int]:
-        """The worker processes (spawned children running the app, not the runner)."""
-        found = []
-        for pid in self.pids():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                found.append(pid)
-        return found
+def _workers(server: AppServer) -> list[int]:
+    """The worker processes (spawned children running the app, not the runner)."""
+    return [
+        process.pid
+        for process in server.tree()
+        if "spawn_main" in (line := " ".join(process.cmdline())) and "resource_tracker" not in line
+    ]
 
 
 def _value(body: str, name: str, labels: str = "") -> float:
@@ -83,13 +69,13 @@ async def test_every_scrape_counts_every_worker_even_after_one_dies(settings, tm
         REDIS_PREFIX=f"tt-metrics:{uuid.uuid4().hex[:12]}",
         METRICS_TOKEN=TOKEN,
     )
-    server = TwoWorkers("two-workers", env, tmp_path / "server.log")
+    server = AppServer("two-workers", env, tmp_path / "server.log", workers=2)
     sockets: list[LiveClient] = []
     try:
         redis.start()
         server.start()
         await server.wait_ready()
-        assert len(server.workers()) == 2, server.log_tail()
+        assert len(_workers(server)) == 2, server.log_tail()
         cookie = await login(server, "admin", ADMIN_PASSWORD)
         for _ in range(6):
             sockets.append(await LiveClient.open(server, cookie, view="wall"))
@@ -118,11 +104,11 @@ async def test_every_scrape_counts_every_worker_even_after_one_dies(settings, tm
         assert system["bus"]["leader"] in {w["worker"] for w in system["workers"]}
 
         # A worker dies: the runner starts another; gauges forget the dead one, counters don't.
-        victim = server.workers()[0]
+        victim = _workers(server)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = server.workers()
+            alive = _workers(server)
             if len(alive) == 2 and victim not in alive:
                 break
             await asyncio.sleep(0.2)
