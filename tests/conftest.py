@@ -125,3 +125,12 @@ async def admin(engine: AsyncEngine) -> Actor:
 @pytest.fixture
 async def biller(engine: AsyncEngine) -> Actor:
     return await make_actor(engine, Role.BILLER)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[object]:
+    """The app with its start-up hooks run (``admin`` gets tests.web.ADMIN_PASSWORD)."""
+    from tests.web import app_for
+
+    async with app_for(settings).test_app() as test_app:
+        yield test_app

@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-from dataclasses import replace
 from datetime import date, datetime
 from urllib.parse import urlencode
 
@@ -11,13 +10,12 @@ from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.db import rows, value
-from traitortrack import create_app
+from tests.web import ADMIN_PASSWORD
 from traitortrack.domain.roles import MAX_DISPATCHERS_PER_AREA, Role
 from traitortrack.security import hash_password, hash_token, verify_password
 from traitortrack.services import people, users
 from traitortrack.services.people import AuditFilter
 
-ADMIN_PASSWORD = "Admin-pass1"
 USER_PASSWORD = "Secret-pass1"  # what make_actor gives everyone
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
@@ -32,13 +30,6 @@ def fast_hashing(monkeypatch):
 
     monkeypatch.setattr(people, "hash_password", cheap)
     monkeypatch.setattr(users, "hash_password", cheap)  # the start-up admin
-
-
-@pytest.fixture
-async def app(settings):
-    app = create_app(replace(settings, admin_password=ADMIN_PASSWORD))
-    async with app.test_app() as test_app:
-        yield test_app
 
 
 class Browser:

@@ -2,7 +2,6 @@
 the admin's delete refused with the reason while anything depends on the bag."""
 
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -15,16 +14,8 @@ from tests.test_admin import (
     signed_in_as,
 )
 from tests.warehouse import bulk_bags, stock
-from traitortrack import create_app
 from traitortrack.domain.roles import Role
 from traitortrack.services.bills import create_bill, link_bill_parent
-
-
-@pytest.fixture
-async def app(settings):
-    app = create_app(replace(settings, admin_password=ADMIN_PASSWORD))
-    async with app.test_app() as test_app:
-        yield test_app
 
 
 @pytest.fixture

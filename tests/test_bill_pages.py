@@ -2,7 +2,6 @@
 complete, reopen, delete; supervisors read, billers manage, admins delete."""
 
 import re
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
@@ -18,20 +17,12 @@ from tests.test_admin import (
 )
 from tests.test_auth import Clock
 from tests.warehouse import stock
-from traitortrack import create_app
 from traitortrack.domain.roles import Role
 from traitortrack.runtime import runtime
 from traitortrack.services.bill_queries import BillFilter, bill_batches, find_bill, list_bills
 from traitortrack.services.bills import create_bill, link_bill_parent
 
 CLIENT_ID = re.compile(r'name="client_id" value="([^"]+)"')
-
-
-@pytest.fixture
-async def app(settings):
-    app = create_app(replace(settings, admin_password=ADMIN_PASSWORD))
-    async with app.test_app() as test_app:
-        yield test_app
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ row, checked by role like the pages (dispatchers get only their own area's bags)
 
 import csv
 import io
-from dataclasses import replace
 
 import openpyxl
 import pytest
@@ -16,18 +15,10 @@ from tests.test_admin import (
     signed_in_as,
 )
 from tests.warehouse import bulk_bags, stock
-from traitortrack import create_app
 from traitortrack.domain.roles import Role
 from traitortrack.services.bills import create_bill, link_bill_parent
 from traitortrack.services.scans import link_child
 from traitortrack.web import spreadsheets
-
-
-@pytest.fixture
-async def app(settings):
-    app = create_app(replace(settings, admin_password=ADMIN_PASSWORD))
-    async with app.test_app() as test_app:
-        yield test_app
 
 
 @pytest.fixture

@@ -7,15 +7,8 @@ from quart.testing import WebsocketResponseError
 from sqlalchemy import text
 
 from tests.conftest import make_actor
-from tests.web import ADMIN_PASSWORD, app_for, sign_in
+from tests.web import ADMIN_PASSWORD, sign_in
 from traitortrack.domain.roles import Role
-
-
-@pytest.fixture
-async def app(settings):
-    app = app_for(settings)
-    async with app.test_app() as test_app:
-        yield test_app
 
 
 async def _receive_until(ws, kind: str, seconds: float = 3.0) -> dict:
