@@ -5,18 +5,22 @@ Playwright's sync API cannot run inside a running event loop, so browser tests a
 (sync) test functions; the server is a subprocess.
 """
 
+import asyncio
 import contextlib
 import os
 import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.live_cluster import AppServer
 from traitortrack.config import Settings
+from traitortrack.db.engine import create_engine
 
 ADMIN_PASSWORD = "Browser-pass1"
 CHROMIUM_ARGS = [
@@ -108,3 +112,29 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def in_another_loop(settings: Settings, work: Any) -> Any:
+    """Run ``work(engine)`` on an event loop of its own: Playwright's sync API keeps this
+    thread's loop busy (and it is how another person's device would act, too)."""
+
+    async def run() -> Any:
+        engine = create_engine(settings)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+def query(settings: Settings, sql: str, *args: Any) -> list[Any]:
+    """Read the app's database from a sync test (asyncpg records; ``$1`` parameters)."""
+
+    async def fetch(engine: Any) -> list[Any]:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            return await raw.fetch(sql, *args)
+
+    return in_another_loop(settings, fetch)

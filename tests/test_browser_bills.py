@@ -2,19 +2,16 @@
 as a keyboard-wedge scanner types, sees counts and weights (live, as a dispatcher adds a child
 to one of its parents), completes it and downloads its exports; the pages on a phone."""
 
-import asyncio
 import csv
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import openpyxl
 import pytest
 
-from tests.browser import PHONE, screenshot, sign_in
+from tests.browser import PHONE, in_another_loop, screenshot, sign_in
 from tests.conftest import make_actor
 from tests.db import new_id
 from tests.warehouse import stock
-from traitortrack.db.engine import create_engine
 from traitortrack.domain.roles import Role
 from traitortrack.services.scans import link_child
 
@@ -48,20 +45,6 @@ async def warehouse(engine):
         {code: [f"{code[2:]}C{n:02d}" for n in range(count)] for code, count in PARENTS.items()},
     )
     return ravi
-
-
-def in_another_loop(settings, work) -> object:
-    """Run ``work(engine)`` on a loop of its own, as another person's device would."""
-
-    async def run():
-        engine = create_engine(settings)
-        try:
-            return await work(engine)
-        finally:
-            await engine.dispose()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
 
 
 def wedge(page, code: str) -> None:

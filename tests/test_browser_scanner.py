@@ -1,14 +1,9 @@
 """The scanner screen in a real browser (SPEC §2): a keyboard-wedge scanner, outcomes seen and
 heard, undo and finish, rejections that stay, and scans made offline that arrive once."""
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.browser import PHONE, SCREENSHOTS, sign_in
+from tests.browser import PHONE, SCREENSHOTS, query, sign_in
 from tests.browser import screenshot as full_page
 
 PASSWORD = "Secret-pass1"  # tests/conftest.py make_actor
@@ -21,21 +16,6 @@ def expect():
 
     expect.set_options(timeout=10_000)
     return expect
-
-
-def query(settings, sql: str, *args):
-    """Read the app's database from a sync test (Playwright keeps this thread's loop busy)."""
-    dsn = make_url(settings.database_url).set(drivername="postgresql")
-
-    async def fetch():
-        conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, fetch()).result()
 
 
 def watch(page, problems: list[str] | None = None) -> list[str]:

@@ -1,21 +1,17 @@
 """The wall display on a 1080p screen in a real browser: scans from elsewhere show within a
 second, and after a network cut it shows exactly what the database holds, every scan once."""
 
-import asyncio
 import contextlib
 import re
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.browser import SCREENSHOTS, sign_in
+from tests.browser import SCREENSHOTS, query, sign_in
 from tests.conftest import make_actor
 from tests.live_cluster import free_port
 from traitortrack.domain.roles import Role
@@ -83,21 +79,6 @@ class CuttableProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
-
-
-def query(settings, sql: str, *args):
-    """Read the app's database from a sync test (Playwright keeps this thread's loop busy)."""
-    dsn = make_url(settings.database_url).set(drivername="postgresql")
-
-    async def fetch():
-        conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, fetch()).result()
 
 
 class Scanner:
