@@ -19,40 +19,31 @@ import contextlib
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import asyncpg
-import httpx
-import psutil
 import websockets
-from sqlalchemy.engine import make_url
 
 from bench.docs import DOC, write_section
-from bench.scan_throughput import libpq_url, server_url
-from traitortrack.config import Settings, normalize_database_url
-from traitortrack.db.engine import create_engine
-from traitortrack.db.migrate import migrate
-from traitortrack.domain.roles import Role
-from traitortrack.services.users import create_user
+from bench.live import (
+    AREAS,
+    Scanner,
+    Server,
+    login,
+    machine_busy,
+    open_socket,
+    scanner_name,
+    scratch_database,
+    start_server,
+)
 
 TARGET_P99_MS = 250.0
-AREAS = ("lucknow", "indore", "jaipur", "hisar", "sri_ganganagar", "sangaria", "bathinda",
-         "raipur", "ranchi", "akola")  # fmt: skip
-PASSWORD = "Bench-pass1"
-PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
 HEADING = "## Wall displays under load (issue 7)"
-ROOT = Path(__file__).resolve().parents[1]
-_CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -77,139 +68,12 @@ class Phase:
         return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
-# The server --------------------------------------------------------------------------------
-
-
-class Server:
-    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
-        with socket_port() as port:
-            self.port = port
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "traitortrack", "serve", "--workers", str(workers),
-             "--bind", f"127.0.0.1:{self.port}"],
-            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, seconds: float = 60) -> None:
-        deadline = time.monotonic() + seconds
-        async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited; see {self.log}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.base}/ready")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"the server was not ready in {seconds} s; see {self.log}")
-
-    def _tree(self) -> list[psutil.Process]:
-        """The runner and its spawned workers."""
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self._tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
-
-    def rss_mb(self) -> float:
-        total = 0
-        for process in self._tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total / 2**20
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, 9)
-        self.process.wait(10)
-
-
-@contextlib.contextmanager
-def socket_port() -> Any:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
-def machine_busy() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-async def login(base: str, username: str) -> str:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        token = _CSRF_FIELD.search((await client.get("/login")).text)
-        assert token, "no csrf field on /login"
-        response = await client.post(
-            "/login", data={"username": username, "password": PASSWORD, "csrf_token": token[1]}
-        )
-        assert response.status_code in {302, 303}, response.text[:200]
-        return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-
-
-# Clients -----------------------------------------------------------------------------------
-
-
-class Scanner:
-    """A dispatcher's socket: scans sent on a schedule, acks timed."""
-
-    def __init__(self, ws: Any, index: int, area: str) -> None:
-        self.ws, self.index, self.area = ws, index, area
-        self.parents = [f"SB{index * 1000 + p + 1:05d}" for p in range(PARENTS_PER_SCANNER)]
-        self.children = dict.fromkeys(self.parents, 0)
-        self.next_parent = 0
-        self.sent_at: dict[str, float] = {}  # scan id -> send time
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.ws:
-                message = json.loads(raw)
-                if message["type"] == "ack":
-                    now = time.monotonic()
-                    sent = self.sent_at.pop(message["id"], None)
-                    if sent is not None and message["outcome"] == "ok":
-                        PHASE.acked += 1
-                        PHASE.ack_ms.append((now - sent) * 1000)
-
-    async def open_parents(self) -> None:
-        for parent in self.parents:
-            await self.send(parent, None)
-
-    async def send(self, code: str, parent: str | None) -> None:
-        scan_id = str(uuid.uuid4())
-        message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
-        message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
-        self.sent_at[scan_id] = time.monotonic()
-        await self.ws.send(json.dumps(message))
-
-    async def scan_next(self) -> None:
-        """A child into the next parent; a full parent is replaced by a new one."""
-        parent = self.parents[self.next_parent]
-        if self.children[parent] == 30:
-            number = int(parent[2:]) + PARENTS_PER_SCANNER
-            parent = self.parents[self.next_parent] = f"SB{number:05d}"
-            self.children[parent] = 0
-            await self.send(parent, None)
-        self.children[parent] += 1
-        self.next_parent = (self.next_parent + 1) % PARENTS_PER_SCANNER
-        await self.send(f"C{self.index:03d}{uuid.uuid4().hex[:10].upper()}", parent)
-
-
 PHASE = Phase("", 0)
+
+
+def record_ack(ms: float) -> None:
+    PHASE.acked += 1
+    PHASE.ack_ms.append(ms)
 
 
 async def measuring_wall(base: str, cookie: str, ready: asyncio.Event) -> None:
@@ -312,43 +176,17 @@ async def measure(name: str, walls: int, scanners: list[Scanner], server: Server
 
 
 async def run(args: argparse.Namespace, database_url: str, directory: Path) -> tuple[Phase, Phase]:
-    engine = create_engine(Settings(database_url=database_url))
-    await migrate(engine)
-    await create_user(engine, "wall", PASSWORD, Role.SUPERVISOR, None, 4)
-    # One dispatcher per area (sign-ins are rate limited per address); sockets share them.
-    names = [f"scanner_{area}" for area in AREAS]
-    for name, area in zip(names, AREAS, strict=True):
-        await create_user(engine, name, PASSWORD, Role.DISPATCHER, area, 4)
-    await engine.dispose()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TRAITORTRACK_", "REDIS_", "PROMETHEUS_"))}  # fmt: skip
-    env |= {
-        "DATABASE_URL": database_url,
-        "ADMIN_PASSWORD": PASSWORD,
-        "SESSION_SECRET": "bench-secret-" + "b" * 40,
-        "TRAITORTRACK_DATA_DIR": str(directory),
-        "MIGRATE_ON_START": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    if args.redis:
-        env |= {"REDIS_URL": args.redis, "REDIS_PREFIX": f"tt-bench:{uuid.uuid4().hex[:8]}"}
-    server = Server(env, args.workers, directory / "server.log")
+    server = await start_server(database_url, directory, args.workers, args.redis)
     tasks: list[asyncio.Task[None]] = []
     sockets = []
     try:
-        await server.ready()
         wall_cookie = await login(server.base, "wall")
         scanners = []
-        cookies = [await login(server.base, name) for name in names]
+        cookies = [await login(server.base, scanner_name(area)) for area in AREAS]
         for i in range(args.scanners):
-            ws = await websockets.connect(
-                server.base.replace("http", "ws") + "/ws",
-                additional_headers={"Cookie": cookies[i % len(AREAS)]},
-                max_size=None,
-            )
-            await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+            ws = await open_socket(server, cookies[i % len(AREAS)])
             sockets.append(ws)
-            scanners.append(Scanner(ws, i, AREAS[i % len(AREAS)]))
+            scanners.append(Scanner(ws, i, AREAS[i % len(AREAS)], record_ack))
         for scanner in scanners:
             await scanner.open_parents()
 
@@ -425,20 +263,11 @@ def write_doc(body: str, postgres: str) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    server, load = server_url(), os.getloadavg()[0]
-    name = f"tt_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(libpq_url(server, make_url(server).database or "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    load = os.getloadavg()[0]
+    async with scratch_database() as (database_url, postgres):
         with tempfile.TemporaryDirectory(prefix="tt-walls-") as directory:
-            print(f"scratch database {name}; {args.walls} walls at {args.rate} scans/s", flush=True)
-            phases = await run(
-                args, normalize_database_url(libpq_url(server, name)), Path(directory)
-            )
-        postgres = await admin.fetchval("SHOW server_version")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+            print(f"scratch database; {args.walls} walls at {args.rate} scans/s", flush=True)
+            phases = await run(args, database_url, Path(directory))
     body = report(phases, args, load)
     print(body)
     if args.write:

@@ -1,0 +1,229 @@
+"""What the live benchmarks share: the app as a ``traitortrack serve`` process on a scratch
+database, sign-in, and a dispatcher's scanning socket."""
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import websockets
+from sqlalchemy.engine import make_url
+
+from bench.scan_throughput import libpq_url, server_url
+from traitortrack.config import Settings, normalize_database_url
+from traitortrack.db.engine import create_engine
+from traitortrack.db.migrate import migrate
+from traitortrack.domain.roles import Role
+from traitortrack.services.users import create_user
+
+AREAS = ("lucknow", "indore", "jaipur", "hisar", "sri_ganganagar", "sangaria", "bathinda",
+         "raipur", "ranchi", "akola")  # fmt: skip
+PASSWORD = "Bench-pass1"
+PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
+ROOT = Path(__file__).resolve().parents[1]
+_CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@contextlib.asynccontextmanager
+async def scratch_database() -> AsyncIterator[tuple[str, str]]:
+    """A new, empty database on the test server: (SQLAlchemy URL, server version); dropped after."""
+    server = server_url()
+    name = f"tt_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(libpq_url(server, make_url(server).database or "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        version = await admin.fetchval("SHOW server_version")
+        yield normalize_database_url(libpq_url(server, name)), version
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+# The server --------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
+        with socket_port() as port:
+            self.port = port
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "traitortrack", "serve", "--workers", str(workers),
+             "--bind", f"127.0.0.1:{self.port}"],
+            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited; see {self.log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.base}/ready")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the server was not ready in {seconds} s; see {self.log}")
+
+    def _tree(self) -> list[psutil.Process]:
+        """The runner and its spawned workers."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0
+        for process in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, 9)
+        self.process.wait(10)
+
+
+@contextlib.contextmanager
+def socket_port() -> Any:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def machine_busy() -> tuple[int, int]:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+async def login(base: str, username: str) -> str:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        token = _CSRF_FIELD.search((await client.get("/login")).text)
+        assert token, "no csrf field on /login"
+        response = await client.post(
+            "/login", data={"username": username, "password": PASSWORD, "csrf_token": token[1]}
+        )
+        assert response.status_code in {302, 303}, response.text[:200]
+        return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+def scanner_name(area: str) -> str:
+    """One dispatcher per area (sign-ins are rate limited per address); sockets share them."""
+    return f"scanner_{area}"
+
+
+async def start_server(
+    database_url: str, directory: Path, workers: int, redis_url: str | None
+) -> Server:
+    """Migrate the scratch database, add the bench's users, start the app and wait for it."""
+    engine = create_engine(Settings(database_url=database_url))
+    await migrate(engine)
+    await create_user(engine, "wall", PASSWORD, Role.SUPERVISOR, None, 4)
+    for area in AREAS:
+        await create_user(engine, scanner_name(area), PASSWORD, Role.DISPATCHER, area, 4)
+    await engine.dispose()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRAITORTRACK_", "REDIS_", "PROMETHEUS_"))}  # fmt: skip
+    env |= {
+        "DATABASE_URL": database_url,
+        "ADMIN_PASSWORD": PASSWORD,
+        "SESSION_SECRET": "bench-secret-" + "b" * 40,
+        "TRAITORTRACK_DATA_DIR": str(directory),
+        "MIGRATE_ON_START": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if redis_url:
+        env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": f"tt-bench:{uuid.uuid4().hex[:8]}"}
+    server = Server(env, workers, directory / "server.log")
+    try:
+        await server.ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+async def open_socket(server: Server, cookie: str) -> Any:
+    """A signed-in client's /ws, past the hello (no resume)."""
+    ws = await websockets.connect(
+        server.base.replace("http", "ws") + "/ws",
+        additional_headers={"Cookie": cookie},
+        max_size=None,
+        open_timeout=60,
+    )
+    await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+    return ws
+
+
+# Clients -----------------------------------------------------------------------------------
+
+
+class Scanner:
+    """A dispatcher's socket: scans sent on a schedule, acks timed."""
+
+    def __init__(self, ws: Any, index: int, area: str, on_ack: Callable[[float], None]) -> None:
+        self.ws, self.index, self.area, self.on_ack = ws, index, area, on_ack
+        self.parents = [f"SB{index * 1000 + p + 1:05d}" for p in range(PARENTS_PER_SCANNER)]
+        self.children = dict.fromkeys(self.parents, 0)
+        self.next_parent = 0
+        self.sent_at: dict[str, float] = {}  # scan id -> send time
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self.ws:
+                message = json.loads(raw)
+                if message["type"] == "ack":
+                    now = time.monotonic()
+                    sent = self.sent_at.pop(message["id"], None)
+                    if sent is not None and message["outcome"] == "ok":
+                        self.on_ack((now - sent) * 1000)
+
+    async def open_parents(self) -> None:
+        for parent in self.parents:
+            await self.send(parent, None)
+
+    async def send(self, code: str, parent: str | None) -> None:
+        scan_id = str(uuid.uuid4())
+        message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
+        message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
+        self.sent_at[scan_id] = time.monotonic()
+        await self.ws.send(json.dumps(message))
+
+    async def scan_next(self) -> None:
+        """A child into the next parent; a full parent is replaced by a new one."""
+        parent = self.parents[self.next_parent]
+        if self.children[parent] == 30:
+            number = int(parent[2:]) + PARENTS_PER_SCANNER
+            parent = self.parents[self.next_parent] = f"SB{number:05d}"
+            self.children[parent] = 0
+            await self.send(parent, None)
+        self.children[parent] += 1
+        self.next_parent = (self.next_parent + 1) % PARENTS_PER_SCANNER
+        await self.send(f"C{self.index:03d}{uuid.uuid4().hex[:10].upper()}", parent)
