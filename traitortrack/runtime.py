@@ -23,6 +23,7 @@ from traitortrack.db.slow_queries import watch
 from traitortrack.monitoring import probes
 from traitortrack.monitoring.monitor import Monitor
 from traitortrack.realtime.live import Live
+from traitortrack.services.group_commit import settle
 from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ async def stop(app: Quart) -> None:
     state = app.extensions.pop("traitortrack", None)
     if state is None:
         return
+    await settle(state.engine)  # scans already queued get committed and answered
     logging.getLogger().removeHandler(probes.error_counter)
     if state.monitor is not None:
         await state.monitor.stop()

@@ -12,7 +12,8 @@ raises :class:`RuleBroken` to refuse, records events with ``tx.emit`` and audit 
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from traitortrack.domain.events import Event as PublishedEvent
 from traitortrack.domain.events import NewEvent
+from traitortrack.domain.linking import outside_area
 from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
 from traitortrack.domain.roles import Permission, Role, can
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_ID_LENGTH = 64
+CHANGED_WHILE_SAVING = BadInput(
+    "CONFLICT", "That bag changed while saving; nothing was saved. Scan again."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,12 @@ def require(actor: Actor, permission: Permission) -> None:
         raise BadInput("FORBIDDEN", "Your role does not allow this. Ask an admin if you need it.")
 
 
+def check_area(actor: Actor, code: str, bag_area: str | None) -> None:
+    """Dispatchers work only on their own area's bags; everyone else sees all areas."""
+    if actor.role == Role.DISPATCHER and bag_area != actor.area:
+        raise outside_area(code, bag_area, actor.area)
+
+
 def check_client_id(client_id: object) -> str:
     if (
         not isinstance(client_id, str)
@@ -150,6 +161,19 @@ def check_client_id(client_id: object) -> str:
     return client_id
 
 
+@asynccontextmanager
+async def connect(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, asyncpg.Connection]]:
+    """A pooled connection as SQLAlchemy and as asyncpg see it.
+
+    The scan path speaks to asyncpg directly (SQLAlchemy's per-statement work would cost several
+    times the database's); the SQLAlchemy face runs in autocommit mode so that its statements
+    join the asyncpg transaction the caller opens.
+    """
+    async with engine.connect() as connection:
+        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn, (await conn.get_raw_connection()).driver_connection
+
+
 async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) -> Result:
     """Validate with ``plan`` (pure: it raises :class:`BadInput`), then run its use case once
     per (user, client id). Bad input of any kind comes back as a rejection, never an exception."""
@@ -158,12 +182,7 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
         command, use_case = plan()
     except BadInput as error:
         return rejected(error)
-    async with engine.connect() as connection:
-        # The scan path speaks to asyncpg directly (SQLAlchemy's per-statement work would cost
-        # several times the database's); the connection's SQLAlchemy face runs in autocommit
-        # mode so that its statements join the same asyncpg transaction.
-        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        pg: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+    async with connect(engine) as (conn, pg):
         tx = Tx(conn, actor, pg)
         try:
             async with pg.transaction():
@@ -182,11 +201,7 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
             # A constraint caught a race the code's checks could not see (e.g. a bag deleted
             # while it was being linked). Nothing was written; a retry sees the new state.
             log.warning("command hit a constraint", extra={"action": command.action})
-            return rejected(
-                BadInput(
-                    "CONFLICT", "That bag changed while saving; nothing was saved. Scan again."
-                )
-            )
+            return rejected(CHANGED_WHILE_SAVING)
         stored = await _stored(pg, actor, checked_id)
         if stored is None:  # pragma: no cover - the conflicting row was committed
             raise RuntimeError("client id conflict without a stored answer")
@@ -242,14 +257,17 @@ _AUDIT = """
 """
 
 
-def _json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
 async def _stored(pg: asyncpg.Connection, actor: Actor, client_id: str) -> Result | None:
     row = await pg.fetchrow(_STORED, actor.user_id, client_id)
-    if row is None:
-        return None
+    return None if row is None else stored_result(row)
+
+
+def stored_result(row: asyncpg.Record) -> Result:
+    """The first answer to a client id, as recorded (outcome, message, error, result)."""
     return Result(Outcome(row["outcome"]), row["message"], row["error"], row["result"], (), True)
 
 
@@ -269,10 +287,10 @@ async def _record(
         answer.outcome.value,
         error,
         answer.message,
-        _json(answer.data),
+        json_text(answer.data),
         [e.kind.value for e in tx.events],
         [e.area for e in tx.events],
-        [_json(e.data) for e in tx.events],
+        [json_text(e.data) for e in tx.events],
     )
     if rows[0]["recorded"] == 0:
         return None
@@ -298,8 +316,8 @@ async def _write_audits(tx: Tx) -> None:
                     a["action"],
                     a["entity_type"],
                     a["entity_id"],
-                    _json(a["before"]),
-                    _json(a["after"]),
+                    json_text(a["before"]),
+                    json_text(a["after"]),
                     a["request_id"],
                     a["ip"],
                 )
@@ -326,7 +344,7 @@ async def write_outbox(tx: Tx) -> tuple[PublishedEvent, ...]:
         _OUTBOX,
         [e.kind.value for e in tx.events],
         [e.area for e in tx.events],
-        [_json(e.data) for e in tx.events],
+        [json_text(e.data) for e in tx.events],
     )
     return tuple(
         PublishedEvent(row["id"], e.kind.value, row["at"].isoformat(), e.area, e.data)

@@ -8,9 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from traitortrack.domain import linking
 from traitortrack.domain.codes import BagKind, InvalidBagCode, normalize_code
 from traitortrack.domain.events import EventKind, NewEvent, parent_json
-from traitortrack.domain.linking import BagStatus, ExistingChild, ParentState
+from traitortrack.domain.linking import BagStatus
 from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
-from traitortrack.domain.roles import Permission, Role
+from traitortrack.domain.roles import Permission
 from traitortrack.services.commands import (
     Actor,
     Answer,
@@ -19,9 +19,13 @@ from traitortrack.services.commands import (
     Result,
     Tx,
     UseCase,
+    check_area,
+    check_client_id,
+    rejected,
     require,
     run,
 )
+from traitortrack.services.group_commit import group_commit, parent_state
 
 # The scan path runs these prebuilt statements on asyncpg directly (see commands.run).
 _PARENT = "id, code, kind, area, child_count, status"
@@ -30,20 +34,6 @@ _FIND_BAG = f"SELECT {_PARENT} FROM bag WHERE code = $1"
 _CREATE_PARENT = f"""
     INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'parent', $2, $3)
     ON CONFLICT (code) DO NOTHING RETURNING {_PARENT}
-"""
-_CREATE_CHILD = """
-    INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'child', $2, $3)
-    ON CONFLICT (code) DO NOTHING RETURNING id
-"""
-_FIND_CHILD = """
-    SELECT b.id, b.kind, b.child_count, p.code AS parent_code
-    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
-    WHERE b.code = $1
-"""
-_LINK = """
-    INSERT INTO link (child_id, parent_id, user_id, created_at)
-    VALUES ($1, $2, $3, clock_timestamp())
-    ON CONFLICT (child_id) DO NOTHING RETURNING child_id
 """
 _COUNT = "UPDATE bag SET child_count = $2, status = $3, updated_at = now() WHERE id = $1"
 _LAST_LINK = """
@@ -62,16 +52,6 @@ def code_of(raw: object, kind: BagKind | None) -> str:
         return normalize_code(raw, kind)  # type: ignore[arg-type]  # non-str is refused inside
     except InvalidBagCode as error:
         raise BadInput("INVALID_CODE", str(error)) from None
-
-
-def _state(row: Record) -> ParentState:
-    return ParentState(row["code"], row["child_count"], BagStatus(row["status"]))
-
-
-def check_area(actor: Actor, code: str, bag_area: str | None) -> None:
-    """Dispatchers work only on their own area's bags; everyone else sees all areas."""
-    if actor.role == Role.DISPATCHER and bag_area != actor.area:
-        raise linking.outside_area(code, bag_area, actor.area)
 
 
 async def lock_parent(tx: Tx, code: str) -> Record:
@@ -102,7 +82,7 @@ async def scan_parent(engine: AsyncEngine, actor: Actor, client_id: object, code
                 if row["kind"] != "parent":
                     raise linking.registered_as_child(parent_code)
                 check_area(actor, parent_code, row["area"])
-            parent = _state(row)
+            parent = parent_state(row)
             data = {"parent": parent_json(parent.code, parent.children, parent.status)}
             tx.emit(
                 NewEvent(
@@ -118,76 +98,22 @@ async def scan_parent(engine: AsyncEngine, actor: Actor, client_id: object, code
     return await run(engine, actor, client_id, plan)
 
 
-async def _existing_child(tx: Tx, code: str) -> tuple[int, ExistingChild] | None:
-    row = await tx.pg.fetchrow(_FIND_CHILD, code)
-    if row is None:
-        return None
-    return row["id"], ExistingChild(row["kind"] == "parent", row["child_count"], row["parent_code"])
-
-
-async def _claim_child(tx: Tx, parent: ParentState, parent_row: Record, code: str) -> int | None:
-    """Return the id of the child to link, or None when it is already in this parent.
-
-    A new code is simply inserted (the common case: one statement); creation and linking both
-    go through ``ON CONFLICT DO NOTHING``, and when another transaction wins a race for the
-    same code we read what it wrote and decide again.
-    """
-    optimistic = not parent.is_full and code != parent.code
-    for _ in range(3):
-        found = None if optimistic else await _existing_child(tx, code)
-        optimistic = False
-        if found is None:
-            linking.check_link(parent, code, None)
-            child_id = await tx.pg.fetchval(
-                _CREATE_CHILD, code, parent_row["area"], tx.actor.user_id
-            )
-            if child_id is None:
-                continue  # it exists after all: look at it
-        elif not linking.check_link(parent, code, found[1]):
-            return None
-        else:
-            child_id = found[0]
-        if await tx.pg.fetchval(_LINK, child_id, parent_row["id"], tx.actor.user_id) is not None:
-            return child_id
-    raise RuleBroken("BUSY", f"{code} is being scanned elsewhere right now; scan it again.")
-
-
 async def link_child(
     engine: AsyncEngine, actor: Actor, client_id: object, parent_code: object, child_code: object
 ) -> Result:
-    """Link a child into a named parent, creating the child if new (the 30th completes it)."""
+    """Link a child into a named parent, creating the child if new (the 30th completes it).
 
-    def plan() -> Planned:
+    Child scans are committed in groups (see :mod:`traitortrack.services.group_commit`)."""
+    try:
+        checked_id = check_client_id(client_id)
         require(actor, Permission.SCAN)
         child = code_of(child_code, "child")
         if parent_code is None or parent_code == "":
             raise linking.no_parent_selected()
-        parent_normalised = code_of(parent_code, "parent")
-
-        async def use_case(tx: Tx) -> Answer:
-            row = await lock_parent(tx, parent_normalised)
-            parent = _state(row)
-            if await _claim_child(tx, parent, row, child) is None:
-                data = {"parent": parent_json(parent.code, parent.children, parent.status)}
-                return Answer(Outcome.DUPLICATE, linking.duplicate_message(child, parent), data)
-            children = parent.children + 1
-            status = linking.status_for(children)
-            await tx.pg.execute(_COUNT, row["id"], children, status.value)
-            after = ParentState(parent.code, children, status)
-            data = {"parent": parent_json(after.code, after.children, after.status)}
-            area = row["area"]
-            tx.emit(
-                NewEvent(
-                    EventKind.CHILD_LINKED, area, {**data, "child": child, "by": actor.username}
-                )
-            )
-            if status == BagStatus.COMPLETED:
-                tx.emit(NewEvent(EventKind.PARENT_COMPLETED, area, {**data, "by": actor.username}))
-            return Answer(Outcome.OK, linking.linked_message(child, after), data)
-
-        return Command("link_child", code=child, parent_code=parent_normalised), use_case
-
-    return await run(engine, actor, client_id, plan)
+        parent = code_of(parent_code, "parent")
+    except BadInput as error:
+        return rejected(error)
+    return await group_commit(engine).link(actor, checked_id, parent, child)
 
 
 async def undo_last_child(
@@ -226,7 +152,7 @@ async def finish_parent(
 
     def make(code: str) -> UseCase:
         async def use_case(tx: Tx) -> Answer:
-            parent = _state(await lock_parent(tx, code))
+            parent = parent_state(await lock_parent(tx, code))
             data = {"parent": parent_json(parent.code, parent.children, parent.status)}
             if parent.status == BagStatus.COMPLETED:
                 return Answer(Outcome.OK, linking.parent_scanned_message(parent, False), data)

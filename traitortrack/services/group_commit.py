@@ -1,0 +1,392 @@
+"""Group commit for child scans (ARCHITECTURE: "Group commit").
+
+Child scans that arrive while a batch is being committed wait in their lane and go together in
+the next transaction: one idempotency lookup, one lock of every parent involved (in id order, so
+batches never deadlock on each other), one read of the scanned children, the linking rules
+applied in memory in arrival order, then one statement that writes every new child, link, count,
+scan record and event. Each scan keeps its own answer, recorded under its own client id; a
+refused scan is recorded as refused and changes nothing.
+
+A parent's scans always go to the same lane, so two batches of one worker never wait for the
+same parent; several lanes let PostgreSQL use more than one core. A lane runs one batch at a
+time: under light load a batch is a single scan (no waiting for company), under heavy load it
+is whatever queued up during the previous commit.
+
+When another transaction got in between (a child created or linked by another worker, the same
+client id recorded elsewhere, a deadlock) the batch rolls back and its scans run again one at a
+time, so one scan's trouble never fails its neighbours.
+"""
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from traitortrack.domain import linking
+from traitortrack.domain.events import Event, EventKind, NewEvent, parent_json
+from traitortrack.domain.linking import BagStatus, ExistingChild, ParentState
+from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
+from traitortrack.services.commands import (
+    CHANGED_WHILE_SAVING,
+    Actor,
+    Answer,
+    Result,
+    check_area,
+    connect,
+    json_text,
+    rejected,
+    stored_result,
+)
+
+log = logging.getLogger(__name__)
+
+LANES = 4
+MAX_BATCH = 64
+ATTEMPTS = 3
+ACTION = "link_child"
+
+_STORED = """
+    SELECT s.user_id, s.client_id, s.outcome, s.message, s.error, s.result
+    FROM unnest($1::bigint[], $2::text[]) AS k(user_id, client_id)
+    JOIN scan AS s ON s.user_id = k.user_id AND s.client_id = k.client_id
+"""
+_LOCK_PARENTS = """
+    SELECT id, code, kind, area, child_count, status FROM bag
+    WHERE code = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
+_FIND_CHILDREN = """
+    SELECT b.code, b.id, b.kind, b.child_count, p.code AS parent_code
+    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
+    WHERE b.code = ANY($1::text[])
+"""
+# Rows are inserted in code order so that concurrent batches take index locks in one order.
+_WRITE = """
+    WITH created AS (
+        INSERT INTO bag (code, kind, area, owner_id)
+        SELECT n.code, 'child', n.area, n.owner_id
+        FROM unnest($1::text[], $2::text[], $3::bigint[]) AS n(code, area, owner_id)
+        ORDER BY n.code
+        ON CONFLICT (code) DO NOTHING
+        RETURNING id, code
+    ), linked AS (
+        INSERT INTO link (child_id, parent_id, user_id, created_at)
+        SELECT coalesce(l.child_id, created.id), l.parent_id, l.user_id, clock_timestamp()
+        FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+             AS l(code, child_id, parent_id, user_id)
+        LEFT JOIN created ON created.code = l.code
+        WHERE coalesce(l.child_id, created.id) IS NOT NULL
+        ORDER BY l.code
+        ON CONFLICT (child_id) DO NOTHING
+        RETURNING child_id
+    ), counted AS (
+        UPDATE bag SET child_count = c.children, status = c.status, updated_at = now()
+        FROM unnest($8::bigint[], $9::int[], $10::text[]) AS c(id, children, status)
+        WHERE bag.id = c.id
+    ), recorded AS (
+        INSERT INTO scan (user_id, client_id, action, code, parent_code, area,
+                          outcome, error, message, result)
+        SELECT r.user_id, r.client_id, $23, r.code, r.parent_code, r.area,
+               r.outcome, r.error, r.message, r.result::jsonb
+        FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[],
+                    $16::text[], $17::text[], $18::text[], $19::text[])
+             AS r(user_id, client_id, code, parent_code, area, outcome, error, message, result)
+        ON CONFLICT (user_id, client_id) DO NOTHING
+        RETURNING id
+    ), written AS (
+        INSERT INTO event (kind, area, payload)
+        SELECT e.kind, e.area, e.payload::jsonb
+        FROM unnest($20::text[], $21::text[], $22::text[]) WITH ORDINALITY
+             AS e(kind, area, payload, n)
+        ORDER BY e.n
+        RETURNING id, at
+    )
+    SELECT (SELECT count(*) FROM created) AS created, (SELECT count(*) FROM linked) AS linked,
+           (SELECT count(*) FROM recorded) AS recorded,
+           written.id, written.at
+    FROM (SELECT 1) AS one LEFT JOIN written ON true
+    ORDER BY written.id
+"""
+
+
+@dataclass(slots=True)
+class ChildScan:
+    """One child scan waiting for its batch: checked and normalised, not yet decided."""
+
+    actor: Actor
+    client_id: str
+    parent: str
+    child: str
+    answer: asyncio.Future[Result]
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.actor.user_id, self.client_id
+
+    def settle(self, result: Result | BaseException) -> None:
+        if self.answer.done():  # the caller went away; the scan is recorded all the same
+            return
+        if isinstance(result, BaseException):
+            self.answer.set_exception(result)
+        else:
+            self.answer.set_result(result)
+
+
+class _Retry(Exception):
+    """Another transaction changed what the batch read; the batch wrote nothing."""
+
+
+@dataclass
+class _Batch:
+    """A batch's decisions, made in memory from what it read, and the rows they write."""
+
+    parents: dict[str, asyncpg.Record]
+    children: dict[str, tuple[int | None, ExistingChild]]
+    states: dict[str, ParentState] = field(default_factory=dict)
+    created: list[tuple[str, str | None, int]] = field(default_factory=list)
+    links: list[tuple[str, int | None, int, int]] = field(default_factory=list)
+    counts: dict[int, tuple[int, str]] = field(default_factory=dict)
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[int, NewEvent]] = field(default_factory=list)  # (scan index, event)
+
+    def decide(self, index: int, scan: ChildScan) -> Result:
+        """Apply the linking rules to one scan; a refusal is recorded, bad input is not."""
+        try:
+            answer = self._link(index, scan)
+        except BadInput as error:
+            return rejected(error)
+        except RuleBroken as error:
+            self._record(scan, Answer(Outcome.REJECTED, error.message, {}), error.code)
+            return rejected(error)
+        self._record(scan, answer, None)
+        return Result(answer.outcome, answer.message, None, answer.data)
+
+    def _link(self, index: int, scan: ChildScan) -> Answer:
+        row = self.parents.get(scan.parent)
+        if row is None:
+            raise linking.parent_not_registered(scan.parent)
+        if row["kind"] != "parent":
+            raise linking.registered_as_child(scan.parent)
+        check_area(scan.actor, scan.parent, row["area"])
+        parent = self.states.get(scan.parent) or parent_state(row)
+        found = self.children.get(scan.child)
+        if not linking.check_link(parent, scan.child, found[1] if found else None):
+            data = {"parent": parent_json(parent.code, parent.children, parent.status)}
+            return Answer(Outcome.DUPLICATE, linking.duplicate_message(scan.child, parent), data)
+        child_id = found[0] if found else None
+        if found is None:
+            self.created.append((scan.child, row["area"], scan.actor.user_id))
+        self.links.append((scan.child, child_id, row["id"], scan.actor.user_id))
+        self.children[scan.child] = (child_id, ExistingChild(False, 0, parent.code))
+        children = parent.children + 1
+        after = self.states[scan.parent] = ParentState(
+            parent.code, children, linking.status_for(children)
+        )
+        self.counts[row["id"]] = (children, after.status.value)
+        data = {"parent": parent_json(after.code, after.children, after.status)}
+        by = scan.actor.username
+        linked = {**data, "child": scan.child, "by": by}
+        self.events.append((index, NewEvent(EventKind.CHILD_LINKED, row["area"], linked)))
+        if after.status == BagStatus.COMPLETED:
+            self.events.append(
+                (index, NewEvent(EventKind.PARENT_COMPLETED, row["area"], {**data, "by": by}))
+            )
+        return Answer(Outcome.OK, linking.linked_message(scan.child, after), data)
+
+    def _record(self, scan: ChildScan, answer: Answer, error: str | None) -> None:
+        self.records.append(
+            (
+                scan.actor.user_id,
+                scan.client_id,
+                scan.child,
+                scan.parent,
+                scan.actor.area,
+                answer.outcome.value,
+                error,
+                answer.message,
+                json_text(answer.data),
+            )
+        )
+
+    async def write(self, pg: asyncpg.Connection) -> list[asyncpg.Record]:
+        """Write every decision in one statement; :class:`_Retry` if another transaction won a
+        race for one of its rows (the caller rolls back)."""
+        if not self.records:
+            return []
+        rows = await pg.fetch(
+            _WRITE,
+            *_columns(self.created, 3),
+            *_columns(self.links, 4),
+            list(self.counts),
+            [c for c, _ in self.counts.values()],
+            [s for _, s in self.counts.values()],
+            *_columns(self.records, 9),
+            [e.kind.value for _, e in self.events],
+            [e.area for _, e in self.events],
+            [json_text(e.data) for _, e in self.events],
+            ACTION,
+        )
+        first = rows[0]
+        if (first["created"], first["linked"], first["recorded"]) != (
+            len(self.created),
+            len(self.links),
+            len(self.records),
+        ):
+            raise _Retry
+        return rows if self.events else []
+
+
+def parent_state(row: asyncpg.Record) -> ParentState:
+    return ParentState(row["code"], row["child_count"], BagStatus(row["status"]))
+
+
+def _existing(row: asyncpg.Record) -> ExistingChild:
+    return ExistingChild(row["kind"] == "parent", row["child_count"], row["parent_code"])
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to the column arrays that ``unnest`` takes."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+class GroupCommit:
+    """The lanes of one engine on one event loop."""
+
+    def __init__(self, engine: AsyncEngine, lanes: int = LANES, max_batch: int = MAX_BATCH) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.loop = asyncio.get_running_loop()
+        self._queues: list[deque[ChildScan]] = [deque() for _ in range(lanes)]
+        self._drains: list[asyncio.Task[None] | None] = [None] * lanes
+
+    async def link(self, actor: Actor, client_id: str, parent: str, child: str) -> Result:
+        scan = ChildScan(actor, client_id, parent, child, self.loop.create_future())
+        lane = hash(parent) % len(self._queues)
+        self._queues[lane].append(scan)
+        if self._drains[lane] is None:
+            self._drains[lane] = asyncio.create_task(self._drain(lane))
+        return await scan.answer
+
+    async def idle(self) -> None:
+        """Wait until every queued scan has its answer (before the engine is disposed)."""
+        while drains := [task for task in self._drains if task is not None]:
+            await asyncio.gather(*drains, return_exceptions=True)
+
+    async def _drain(self, lane: int) -> None:
+        queue = self._queues[lane]
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+                await self._commit(batch)
+        finally:
+            self._drains[lane] = None
+
+    async def _commit(self, batch: list[ChildScan]) -> None:
+        try:
+            results = await self._attempt(batch)
+        except (_Retry, asyncpg.IntegrityConstraintViolationError,
+                asyncpg.TransactionRollbackError) as error:  # fmt: skip
+            why = type(error).__name__
+            log.info("group commit retried one by one", extra={"scans": len(batch), "why": why})
+            for scan in batch:
+                await self._commit_alone(scan)
+            return
+        except Exception as error:
+            log.exception("group commit failed", extra={"scans": len(batch)})
+            for scan in batch:
+                scan.settle(error)
+            return
+        except asyncio.CancelledError as error:
+            for scan in batch:
+                scan.settle(error)
+            raise
+        for scan, result in zip(batch, results, strict=True):
+            scan.settle(result)
+
+    async def _commit_alone(self, scan: ChildScan) -> None:
+        for _ in range(ATTEMPTS):
+            try:
+                [result] = await self._attempt([scan])
+            except (_Retry, asyncpg.TransactionRollbackError):
+                continue
+            except asyncpg.IntegrityConstraintViolationError:
+                # A constraint caught a race the checks could not see (a bag deleted while it
+                # was being linked). Nothing was written; a retry sees the new state.
+                result = rejected(CHANGED_WHILE_SAVING)
+            except Exception as error:
+                log.exception("a scan could not be saved", extra={"action": ACTION})
+                scan.settle(error)
+                return
+            except asyncio.CancelledError as error:
+                scan.settle(error)
+                raise
+            scan.settle(result)
+            return
+        busy = f"{scan.child} is being scanned elsewhere right now; scan it again."
+        scan.settle(rejected(BadInput("BUSY", busy)))
+
+    async def _attempt(self, batch: list[ChildScan]) -> list[Result]:
+        async with connect(self.engine) as (_, pg), pg.transaction():
+            stored = {
+                (row["user_id"], row["client_id"]): stored_result(row)
+                for row in await pg.fetch(
+                    _STORED, [s.actor.user_id for s in batch], [s.client_id for s in batch]
+                )
+            }
+            fresh = [s for s in batch if s.key not in stored]
+            parents = await pg.fetch(_LOCK_PARENTS, sorted({s.parent for s in fresh}))
+            children = await pg.fetch(_FIND_CHILDREN, sorted({s.child for s in fresh}))
+            decisions = _Batch(
+                {row["code"]: row for row in parents},
+                {row["code"]: (row["id"], _existing(row)) for row in children},
+            )
+            results: list[Result] = []
+            first: dict[tuple[int, str], int] = {}
+            for index, scan in enumerate(batch):
+                if scan.key in stored:
+                    results.append(stored[scan.key])
+                elif scan.key in first:  # the same scan sent twice in one batch
+                    results.append(replace(results[first[scan.key]], replayed=True))
+                else:
+                    first[scan.key] = index
+                    results.append(decisions.decide(index, scan))
+            written = await decisions.write(pg)
+        return _with_events(results, decisions.events, written)
+
+
+def _with_events(
+    results: list[Result], events: list[tuple[int, NewEvent]], rows: list[asyncpg.Record]
+) -> list[Result]:
+    """Give each scan's answer the events it published, with their ids and times."""
+    published: dict[int, list[Event]] = {}
+    for (index, event), row in zip(events, rows, strict=True):
+        published.setdefault(index, []).append(
+            Event(row["id"], event.kind.value, row["at"].isoformat(), event.area, event.data)
+        )
+    return [
+        replace(result, events=tuple(published[i])) if i in published else result
+        for i, result in enumerate(results)
+    ]
+
+
+_lanes: weakref.WeakKeyDictionary[AsyncEngine, GroupCommit] = weakref.WeakKeyDictionary()
+
+
+def group_commit(engine: AsyncEngine) -> GroupCommit:
+    """The engine's group commit on the running loop (created on first use)."""
+    found = _lanes.get(engine)
+    if found is None or found.loop is not asyncio.get_running_loop():
+        found = _lanes[engine] = GroupCommit(engine)
+    return found
+
+
+async def settle(engine: AsyncEngine) -> None:
+    """Answer every scan still queued for ``engine`` (a stop calls this before disposing it)."""
+    found = _lanes.get(engine)
+    if found is not None and found.loop is asyncio.get_running_loop():
+        await found.idle()
