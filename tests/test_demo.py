@@ -1,9 +1,12 @@
 """Demo data is consistent with the rules the services enforce, and can be loaded twice."""
 
+import random
+
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from traitortrack.demo import DEMO_PASSWORD, seed_demo
+from traitortrack.demo import DEMO_PASSWORD, plan_children, seed_demo
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import MAX_DISPATCHERS_PER_AREA, Role
 from traitortrack.security import verify_password
@@ -55,13 +58,16 @@ async def _check_consistent(engine: AsyncEngine) -> None:
         )
         == 0
     )
-    # One scan and one child.linked event per link, one scan per parent.
+    # One scan and one child.linked event per link, parent scans (and re-scans) only of parents.
     links = await _scalar(engine, "SELECT count(*) FROM link")
     assert await _scalar(engine, "SELECT count(*) FROM scan WHERE action = 'link_child'") == links
     assert await _scalar(engine, "SELECT count(*) FROM event WHERE kind = 'child.linked'") == links
     assert await _scalar(
-        engine, "SELECT count(*) FROM scan WHERE action = 'scan_parent'"
+        engine, "SELECT count(DISTINCT code) FROM scan WHERE action = 'scan_parent'"
     ) == await _scalar(engine, "SELECT count(*) FROM bag WHERE kind = 'parent'")
+    assert await _scalar(engine, "SELECT count(*) FROM scan WHERE action = 'scan_parent'") == (
+        await _scalar(engine, "SELECT count(*) FROM event WHERE kind = 'parent.scanned'")
+    )
     assert await _scalar(engine, "SELECT count(*) FROM scan WHERE outcome <> 'ok'") == 0
     completed = await _scalar(engine, "SELECT count(*) FROM bag WHERE status = 'completed'")
     assert await _scalar(engine, "SELECT count(*) FROM event WHERE kind = 'parent.completed'") == (
@@ -138,3 +144,26 @@ async def test_services_carry_on_from_demo_data(engine: AsyncEngine) -> None:
     replay = await link_child(engine, actor, f"seed-{parent.code}", parent.code, "NEWCHILD2")
     assert replay.replayed
     await _check_consistent(engine)
+
+
+async def test_seeding_up_to_totals_adds_history_once(engine: AsyncEngine) -> None:
+    first = await seed_demo(engine, bags=500, history=6000, spare_parents=2, progress=False)
+    bags = await _scalar(engine, "SELECT count(*) FROM bag")
+    rows = await _scalar(
+        engine, "SELECT (SELECT count(*) FROM scan) + (SELECT count(*) FROM event)"
+    )
+    assert 500 <= bags < 500 + 31
+    assert 6000 <= rows < 6000 + 2 * first.parents + 3 * first.bills
+    assert first.history == rows
+    await _check_consistent(engine)
+
+    second = await seed_demo(engine, bags=500, history=6000, progress=False)
+    assert (second.parents, second.history) == (0, 0)
+    assert await _scalar(engine, "SELECT count(*) FROM bag") == bags
+
+
+def test_parents_fill_up_when_codes_run_short_of_the_bags_asked_for() -> None:
+    counts = plan_children(random.Random(1), 0, 10 * 31, 10)
+    assert counts == [30] * 10
+    with pytest.raises(ValueError, match="310 more bags fit"):
+        plan_children(random.Random(1), 0, 10 * 31 + 10, 10)

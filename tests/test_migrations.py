@@ -1,7 +1,9 @@
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -28,13 +30,21 @@ async def test_the_default_dispatch_areas_exist_after_migrating(engine):
     assert len(areas) == 10
 
 
-async def test_workers_starting_together_migrate_once_without_racing(postgres_server):
-    name = f"tt_race_{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+async def empty_database_url(postgres_server) -> AsyncIterator[str]:
+    """A database of the test's own with no schema at all."""
+    name = f"tt_empty_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(_asyncpg_dsn(postgres_server))
     await admin.execute(f'CREATE DATABASE "{name}"')
-    engines = [
-        create_engine(Settings(database_url=_database_url(postgres_server, name))) for _ in range(4)
-    ]
+    try:
+        yield _database_url(postgres_server, name)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_workers_starting_together_migrate_once_without_racing(empty_database_url):
+    engines = [create_engine(Settings(database_url=empty_database_url)) for _ in range(4)]
     try:
         await asyncio.gather(*(migrate(e) for e in engines))
         async with engines[0].connect() as conn:
@@ -43,5 +53,29 @@ async def test_workers_starting_together_migrate_once_without_racing(postgres_se
     finally:
         for e in engines:
             await e.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+
+
+async def test_partitioning_the_outbox_keeps_its_events_and_their_ids(empty_database_url):
+    engine = create_engine(Settings(database_url=empty_database_url))
+    everything = text("SELECT id, kind, area, payload, at, xid FROM event ORDER BY id")
+    insert = text("INSERT INTO event (kind, payload) VALUES ('bill.created', '{}') RETURNING id")
+    try:
+        await migrate(engine, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO event (kind, area, payload) SELECT 'child.linked', 'jaipur',"
+                    " jsonb_build_object('n', n) FROM generate_series(1, 1000) AS n"
+                )
+            )
+            before = (await conn.execute(everything)).all()
+        await migrate(engine)
+        async with engine.begin() as conn:
+            assert (await conn.execute(everything)).all() == before
+            assert (await conn.execute(insert)).scalar_one() == 1001
+            kind = await conn.execute(
+                text("SELECT relkind::text FROM pg_class WHERE relname = 'event'")
+            )
+            assert kind.scalar_one() == "p"
+    finally:
+        await engine.dispose()

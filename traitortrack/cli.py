@@ -107,11 +107,12 @@ async def _create_admin(settings: Settings, username: str, password: str) -> Non
     print(f"Admin {username} created.")
 
 
-async def _seed_demo(settings: Settings, parents: int) -> None:
+async def _seed_demo(settings: Settings, args: argparse.Namespace) -> None:
     from traitortrack.demo import seed_demo
 
+    parents = 0 if args.bags else args.parents
     async with migrated_engine(settings) as engine:
-        report = await seed_demo(engine, parents)
+        report = await seed_demo(engine, parents, bags=args.bags, history=args.history)
     print(report)
 
 
@@ -154,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin_parser = sub.add_parser("create-admin", help="add an admin (password read from stdin)")
     admin_parser.add_argument("username")
     seed_parser = sub.add_parser("seed-demo", help="load realistic demo data")
-    seed_parser.add_argument("--parents", type=int, default=1000)
+    sizes = seed_parser.add_mutually_exclusive_group()
+    sizes.add_argument("--parents", type=int, default=1000, help="parents to add (default 1000)")
+    sizes.add_argument("--bags", type=int, default=0, help="fill up to this many bags in all")
+    seed_parser.add_argument(
+        "--history", type=int, default=0, help="and about this many scan and event rows in all"
+    )
     for name, (service, positional, options) in USE_CASES.items():
         use_case = sub.add_parser(name, help=(service.__doc__ or name).strip().splitlines()[0])
         use_case.add_argument("--as", dest="user", required=True, help="username acting")
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         work: dict[str, Callable[[], Awaitable[Any]]] = {
             "migrate": lambda: _migrate(settings),
             "create-admin": lambda: _create_admin(settings, args.username, _checked_password()),
-            "seed-demo": lambda: _seed_demo(settings, args.parents),
+            "seed-demo": lambda: _seed_demo(settings, args),
         }
         if args.command in work:
             asyncio.run(work[args.command]())

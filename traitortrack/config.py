@@ -47,6 +47,9 @@ class Settings:
     migrate_on_start: bool = True
     # The warehouses' day for "today" counters.
     timezone: str = "Asia/Kolkata"
+    # Outbox events older than this are dropped (a partition at a time); a client that was
+    # away longer reloads its snapshot instead of replaying.
+    event_retention_days: int = 30
 
     @property
     def is_production(self) -> bool:
@@ -89,6 +92,7 @@ class Settings:
             db_max_overflow=int(environ.get("DB_MAX_OVERFLOW", "10")),
             migrate_on_start=environ.get("MIGRATE_ON_START", "1") != "0",
             timezone=environ.get("TRAITORTRACK_TZ", "Asia/Kolkata"),
+            event_retention_days=int(environ.get("EVENT_RETENTION_DAYS", "30")),
         )
         return settings.checked()
 

@@ -6,6 +6,10 @@ never row by row. Re-runnable: parent codes continue after the highest demo-shap
 the parent's 6-digit ordinal + 2-digit index) and scan client ids derive from the parent, so a
 second run never collides with the first. Demo accounts (``demo_*``) are reused, never reset.
 Each batch commits on its own: an interrupted run leaves whole parents, and the next continues.
+
+At warehouse scale (``bags``/``history``: totals to fill the database up to, so a second run with
+the same totals adds nothing) the parents span a year, and each may carry re-scans, with their
+``parent.scanned`` events, to make up a year of scan and event history.
 """
 
 import asyncio
@@ -21,6 +25,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
+from traitortrack.db.retention import reserve_ids
 from traitortrack.domain import linking
 from traitortrack.domain.bills import BillStatus, BillTotals
 from traitortrack.domain.events import EventKind, parent_json
@@ -33,6 +38,8 @@ DISPATCHERS_PER_AREA = 3
 BATCH_PARENTS = 1000
 WORKERS = 3
 PER_PREFIX = 100_000
+FULL_SHARE = 0.85  # of parents with all 30 children; the rest are part-filled
+BILL_EVENTS_PER_PARENT = 3  # at most: a bill's created, bag-linked and completed events
 DESCRIPTION = "Demo dispatch"
 Rec = tuple[Any, ...]
 Bill = tuple[int, list[int], bool]  # capacity, indexes of its parents, completed
@@ -53,6 +60,8 @@ START_SQL = r"""SELECT greatest(0,
 """
 OTHER_DISPATCHERS_SQL = r"""SELECT area, count(*) FROM "user"
   WHERE role = 'dispatcher' AND username NOT LIKE 'demo\_%' GROUP BY area"""
+TOTALS_SQL = """SELECT (SELECT count(*) FROM bag),
+  (SELECT count(*) FROM scan) + (SELECT count(*) FROM event)"""
 RESERVE_SQL = """SELECT
   array(SELECT nextval(pg_get_serial_sequence('bag', 'id')) FROM generate_series(1, $1)),
   array(SELECT nextval(pg_get_serial_sequence('bill', 'id')) FROM generate_series(1, $2))"""
@@ -70,11 +79,30 @@ def _json(**value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def plan_children(rng: random.Random, parents: int, bags: int, codes_left: int) -> list[int]:
+    """Children per new parent, 85 % full and the rest part-filled: ``parents`` of them, or as
+    many as it takes to add ``bags`` bags, part-filled ones filled up if codes run short."""
+    counts: list[int] = []
+    added = 0
+    while len(counts) < (parents or codes_left) and (parents or added < bags):
+        counts.append(MAX_CHILDREN if rng.random() < FULL_SHARE else rng.randint(0, 29))
+        added += 1 + counts[-1]
+    for i, n in enumerate(counts):
+        if added >= bags:
+            break
+        more = min(MAX_CHILDREN - n, bags - added)
+        counts[i], added = n + more, added + more
+    if added < bags:
+        raise ValueError(f"Only {len(counts)} demo parent codes are left: {added} more bags fit.")
+    return counts
+
+
 @dataclass(frozen=True)
 class SeedReport:
     parents: int
     children: int
     bills: int
+    history: int  # scan and event rows added
     codes: str  # first..last parent code
     seconds: float
     password: str
@@ -83,7 +111,7 @@ class SeedReport:
     def __str__(self) -> str:
         head = (
             f"Seeded {self.parents} parents ({self.codes}), {self.children} children, "
-            f"{self.bills} bills in {self.seconds:.1f}s.\n"
+            f"{self.bills} bills, {self.history} scan and event rows in {self.seconds:.1f}s.\n"
             f"Demo users, password {self.password!r} (accounts that existed keep theirs):"
         )
         return "\n".join([head, *(f"  {n:<24} {r:<11} {a or ''}" for n, r, a in self.users)])
@@ -111,8 +139,8 @@ async def _demo_users(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 class _Seeder:
-    def __init__(self, users: list[asyncpg.Record], start: int, counts: list[int], seed: int
-                 ) -> None:  # fmt: skip
+    def __init__(self, users: list[asyncpg.Record], start: int, counts: list[int], seed: int,
+                 rescans: int) -> None:  # fmt: skip
         self.owners: dict[str, list[tuple[int, str]]] = {}
         for user in users:
             if user["role"] == Role.DISPATCHER:
@@ -122,8 +150,9 @@ class _Seeder:
         self.areas = sorted(self.owners)
         self.biller = next(user for user in users if user["role"] == Role.BILLER)
         self.start, self.counts, self.seed, self.bills = start, counts, seed, 0
-        # Parents start every `step` (at most 90 s) over up to 30 days, ending two hours ago.
-        self.step = min(timedelta(seconds=90), timedelta(days=30) / max(len(counts), 1))
+        self.rescans, self.history = rescans, 0
+        # Parents start every `step` (at most 3 minutes) over up to a year, ending two hours ago.
+        self.step = min(timedelta(minutes=3), timedelta(days=365) / max(len(counts), 1))
         self.t0 = datetime.now(UTC) - self.step * len(counts) - timedelta(hours=2)
 
     @staticmethod
@@ -172,11 +201,28 @@ class _Seeder:
                 )
             if n == MAX_CHILDREN:
                 event.append((EventKind.PARENT_COMPLETED, area, _json(parent=pj, by=by), at))
+            self.rescan(out, (uid, by, area), state, at)
             bag.append((pid, code, "parent", area, state.status.value, n, uid, created, at))
             parents[i] = (pid, code, n, at)
         for (capacity, chosen, done), bid in zip(bills, bill_ids, strict=True):
             self.bill(out, bid, capacity, [parents[i] for i in chosen], done, batch)
         return out
+
+    def rescan(
+        self, out: dict[str, list[Rec]], owner: tuple[int, str, str], state: ParentState,
+        at: datetime,
+    ) -> None:  # fmt: skip
+        """The parent scanned again now and then after its last child, by its owner."""
+        uid, by, area = owner
+        pj = parent_json(state.code, state.children, state.status)
+        message, result = linking.parent_scanned_message(state, False), _json(parent=pj)
+        payload = _json(parent=pj, created=False, by=by)
+        gap = self.step / (self.rescans + 1)
+        for k in range(1, self.rescans + 1):
+            at += gap
+            out["scan"].append((uid, f"seed-{state.code}-{k}", "scan_parent", state.code, None,
+                                area, "ok", message, result, at))  # fmt: skip
+            out["event"].append((EventKind.PARENT_SCANNED, area, payload, at))
 
     def bill(
         self, out: dict[str, list[Rec]], bid: int, capacity: int,
@@ -218,37 +264,67 @@ class _Seeder:
                 if out[table]:
                     await conn.copy_records_to_table(table, records=out[table], columns=columns)
         self.bills += len(bills)
+        self.history += len(out["scan"]) + len(out["event"])
         return size
 
 
 async def seed_demo(
-    engine: AsyncEngine, parents: int, *, progress: bool = True, seed: int = 1
+    engine: AsyncEngine,
+    parents: int = 0,
+    *,
+    bags: int = 0,
+    history: int = 0,
+    spare_parents: int = 0,
+    progress: bool = True,
+    seed: int = 1,
 ) -> SeedReport:
     """Add the demo users and ``parents`` parent bags (85 % with 30 children, the rest
-    partial) with their children, links, scans and events, and bills over about half of them."""
+    partial), or parents until the database holds ``bags`` bags, with their children, links,
+    scans and events, bills over about half of them, and re-scans of each until the database
+    holds about ``history`` scan and event rows. The last ``spare_parents`` parent codes are
+    left unused."""
     began = time.monotonic()
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    conns = [await asyncpg.connect(dsn) for _ in range(min(WORKERS, 1 + parents // BATCH_PARENTS))]
+    conns = [await asyncpg.connect(dsn)]
     try:
         users = await _demo_users(conns[0])
         start = await conns[0].fetchval(START_SQL)
-        if start + parents > 2 * PER_PREFIX:
-            raise ValueError(f"Only {2 * PER_PREFIX - start} demo parent codes are left.")
+        codes_left = 2 * PER_PREFIX - spare_parents - start
+        if parents > codes_left:
+            raise ValueError(f"Only {codes_left} demo parent codes are left.")
+        stored, rows = await conns[0].fetchrow(TOTALS_SQL) if bags or history else (0, 0)
         rng = random.Random(seed)
-        counts = [30 if rng.random() < 0.85 else rng.randint(0, 29) for _ in range(parents)]
-        seeder = _Seeder(list(users), start, counts, seed)
-        starts = range(0, parents, BATCH_PARENTS)
-        batches = (range(a, min(a + BATCH_PARENTS, parents)) for a in starts)
-        with tqdm(total=parents + sum(counts), unit="bag", disable=not progress) as bar:
+        counts = plan_children(rng, parents, max(bags - stored, 0), codes_left)
+        children = sum(counts)
+        # Each parent brings a scan and an event per bag, and a completion if full; re-scans
+        # (a scan and an event each) make up the rest of the history asked for.
+        base = 2 * (len(counts) + children) + counts.count(MAX_CHILDREN)
+        rescans = max(0, -(-(history - rows - base) // (2 * len(counts)))) if counts else 0
+        events = len(counts) * (1 + rescans + BILL_EVENTS_PER_PARENT) + children
+        await reserve_ids(engine, events)
+        conns += [
+            await asyncpg.connect(dsn)
+            for _ in range(min(WORKERS, 1 + len(counts) // BATCH_PARENTS) - 1)
+        ]
+        seeder = _Seeder(list(users), start, counts, seed, rescans)
+        starts = range(0, len(counts), BATCH_PARENTS)
+        batches = (range(a, min(a + BATCH_PARENTS, len(counts))) for a in starts)
+        with tqdm(total=len(counts) + children, unit="bag", disable=not progress) as bar:
 
             async def work(conn: asyncpg.Connection) -> None:
                 for batch in batches:  # shared by the workers: each takes the next batch
                     bar.update(await seeder.write(conn, batch))
 
             await asyncio.gather(*(work(conn) for conn in conns))
+        if counts:
+            await conns[0].execute("ANALYZE")
     finally:
         await asyncio.gather(*(conn.close() for conn in conns))
-    codes = f"{parent_code(start)}..{parent_code(start + parents - 1)}" if parents else "none"
+    last = start + len(counts) - 1
+    codes = f"{parent_code(start)}..{parent_code(last)}" if counts else "none"
     accounts = tuple((user["username"], user["role"], user["area"]) for user in users)
     seconds = time.monotonic() - began
-    return SeedReport(parents, sum(counts), seeder.bills, codes, seconds, DEMO_PASSWORD, accounts)
+    return SeedReport(
+        len(counts), children, seeder.bills, seeder.history, codes, seconds, DEMO_PASSWORD,
+        accounts,
+    )  # fmt: skip

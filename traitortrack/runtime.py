@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
@@ -19,6 +19,7 @@ from traitortrack.config import Settings
 from traitortrack.db.embedded import start_embedded_postgres
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
+from traitortrack.db.retention import EventRetention
 from traitortrack.db.slow_queries import watch
 from traitortrack.monitoring import probes
 from traitortrack.monitoring.monitor import Monitor
@@ -40,6 +41,7 @@ class Runtime:
     # Replaceable so tests can move time (lockouts, session expiry, TOTP steps).
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     monitor: Monitor | None = None
+    retention: EventRetention | None = None
 
     async def check_database(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:
@@ -77,6 +79,8 @@ async def start(app: Quart, settings: Settings) -> None:
     state = Runtime(settings, engine, redis, live=None)  # type: ignore[arg-type]
     state.live = await Live.start(engine, settings, lambda: state.clock())
     state.monitor = await Monitor.start(engine, settings, redis, state.live)
+    retention = timedelta(days=settings.event_retention_days)
+    state.retention = EventRetention.start(engine, retention, lambda: state.clock())
     logging.getLogger().addHandler(probes.error_counter)
     app.extensions["traitortrack"] = state
     log.info("worker ready", extra={"redis": settings.redis_url is not None})
@@ -88,6 +92,8 @@ async def stop(app: Quart) -> None:
         return
     await settle(state.engine)  # scans already queued get committed and answered
     logging.getLogger().removeHandler(probes.error_counter)
+    if state.retention is not None:
+        await state.retention.stop()
     if state.monitor is not None:
         await state.monitor.stop()
     await state.live.stop()

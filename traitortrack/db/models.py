@@ -187,7 +187,8 @@ class Event(Base):
     """The transactional outbox: written with the change, published after commit."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_at", "at"),)
+    # Range partitions by id, made and dropped by ``traitortrack.db.retention`` (migration 0003).
+    __table_args__ = (Index("ix_event_at", "at"), {"postgresql_partition_by": "RANGE (id)"})
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
