@@ -207,3 +207,52 @@ async def test_a_wall_socket_closes_once_its_display_link_is_revoked(app, engine
 async def _value(engine, sql: str):
     async with engine.connect() as conn:
         return (await conn.execute(text(sql))).scalar_one()
+
+
+async def _scan(ws, scan_id: str, code: str, parent: str | None = None) -> dict:
+    message = {"type": "scan", "id": scan_id, "code": code, "as": "child" if parent else "parent"}
+    await ws.send(json.dumps(message | ({"parent": parent} if parent else {})))
+    return await _receive_until(ws, "ack")
+
+
+async def test_a_scanner_is_sent_what_others_do_to_its_parent_and_nothing_else_of_its_area(
+    app, engine
+):
+    ravi = await _dispatcher_client(app, engine, "ravi")
+    sita = await _dispatcher_client(app, engine, "sita")
+    async with ravi.websocket("/ws?view=scanner") as mine, sita.websocket("/ws") as theirs:
+        for ws in (mine, theirs):
+            await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+            await _receive_until(ws, "welcome")
+        assert (await _scan(mine, "r1", "SB10001"))["outcome"] == "ok"
+        await _scan(mine, "r2", "MINE01", "SB10001")
+        await _scan(theirs, "s1", "SB10002")
+        await _scan(theirs, "s2", "OTHER1", "SB10002")  # same area, another parent
+        await _scan(theirs, "s3", "THEIRS1", "SB10001")  # into ravi's parent
+
+        seen = await _receive_until(mine, "events")
+
+        assert [(e["kind"], e["data"]["child"]) for e in seen["events"]] == [
+            ("child.linked", "THEIRS1")
+        ]
+        assert seen["events"][0]["data"]["parent"]["children"] == 2
+        with pytest.raises(TimeoutError):
+            await _receive_until(mine, "events", seconds=0.5)
+
+
+async def test_a_scanner_that_names_its_parent_in_the_hello_follows_it_at_once(app, engine):
+    ravi = await _dispatcher_client(app, engine, "ravi")
+    sita = await _dispatcher_client(app, engine, "sita")
+    async with sita.websocket("/ws") as theirs:
+        await theirs.send(json.dumps({"type": "hello"}))
+        await _receive_until(theirs, "welcome")
+        await _scan(theirs, "s1", "SB10001")
+        async with ravi.websocket("/ws?view=scanner") as mine:
+            hello = {"type": "hello", "last_event_id": None, "parent": "sb10001"}
+            await mine.send(json.dumps(hello))
+            await _receive_until(mine, "welcome")
+            await _scan(theirs, "s2", "THEIRS1", "SB10001")
+
+            seen = await _receive_until(mine, "events")
+
+    assert [e["data"]["child"] for e in seen["events"]] == ["THEIRS1"]

@@ -25,6 +25,8 @@ export function connectLive({
   onMetrics = noop,
   onStatus = noop,
   onResync = noop,
+  // Extra fields for the hello (a scanner names the parent it is working on).
+  hello = () => ({}),
   // A refused handshake looks like any network failure to a page, so after failed attempts
   // this URL says whether we are still signed in (401: no). Display links pass null.
   probe = "/api/v1/session",
@@ -54,7 +56,8 @@ export function connectLive({
     const resumedFrom = lastId;
     let welcomed = false;
     openTimer = setTimeout(() => drop(ws), OPEN_TIMEOUT_MS);
-    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", last_event_id: resumedFrom }));
+    ws.onopen = () =>
+      ws.send(JSON.stringify({ ...hello(), type: "hello", last_event_id: resumedFrom }));
     // A failed attempt: browsers follow with a close (1006), some runtimes never do.
     ws.onerror = () => drop(ws);
     ws.onmessage = (message) => {

@@ -538,7 +538,13 @@ async function start() {
     ui.cameraToggle.addEventListener("click", toggleCamera);
   }
 
-  live = connectLive({ view: "scanner", onAck, onEvents, onStatus });
+  live = connectLive({
+    view: "scanner",
+    onAck,
+    onEvents,
+    onStatus,
+    hello: () => ({ parent: state.parent?.code ?? null }),
+  });
   // Background Sync is Chromium-only: send again whenever the link may be back.
   window.addEventListener("online", () => {
     render();

@@ -1,8 +1,10 @@
 """The hub: who is connected to this worker, and getting each event to the right ones.
 
 Each connection has a bounded queue of ready-to-send frames. Frames are serialised once per
-audience and the same bytes go to every member. Scanners get event frames at once; wall
-displays and metrics screens get them coalesced (at most ``COALESCE_HZ`` frames a second).
+audience and the same bytes go to every member. Wall displays and metrics screens get events and
+counters coalesced (at most ``COALESCE_HZ`` frames a second); a scanner gets, at once, only the
+events about the parent it is working on (a thousand scanners would otherwise each be sent every
+scan of their area); other pages get their audience's events at once.
 A connection whose queue overflows is told to resync and dropped from fan-out: a slow client
 never slows the others, nor grows the server's memory.
 """
@@ -47,6 +49,8 @@ class Connection:
     audience: Audience
     coalesced: bool  # wall displays and metrics screens
     metrics: bool = False
+    follows_parent: bool = False  # a scanner: only events about its current parent
+    parent: str | None = None  # that parent (the one its last saved scan was about)
     username: str = ""
     # None in the queue means "stop sending": the sender then closes the socket.
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
@@ -117,6 +121,9 @@ class Hub:
     clock: Callable[[], datetime]
     position: int = 0  # the last event id delivered to this worker's connections
     connections: set[Connection] = field(default_factory=set)
+    _immediate: set[Connection] = field(default_factory=set)  # every event of their audience
+    _coalesced: set[Connection] = field(default_factory=set)
+    _followers: dict[str, set[Connection]] = field(default_factory=dict)  # parent -> scanners
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _counters_changed: set[str] = field(default_factory=set)
     _counters_sent_at: float = 0.0
@@ -126,13 +133,41 @@ class Hub:
     def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
         """Add a paused connection; returns the position and counters it starts from."""
         self.connections.add(connection)
+        if connection.coalesced:
+            self._coalesced.add(connection)
+        elif not connection.follows_parent:
+            self._immediate.add(connection)
         connection.skip_pending = len(self._pending)
         return self.position, self.counters.snapshot(connection.audience)
 
     def unregister(self, connection: Connection) -> None:
         connection.close()
         connection.finished.set()
+        self._drop(connection)
+
+    def follow(self, connection: Connection, parent: str) -> None:
+        """A scanner now works on ``parent``: send it what others do to that parent."""
+        if not connection.follows_parent or connection.parent == parent:
+            return
+        self._unfollow(connection)
+        connection.parent = parent
+        if connection.state != State.CLOSED:
+            self._followers.setdefault(parent, set()).add(connection)
+
+    def _unfollow(self, connection: Connection) -> None:
+        if connection.parent is None:
+            return
+        followers = self._followers.get(connection.parent)
+        if followers is not None:
+            followers.discard(connection)
+            if not followers:
+                del self._followers[connection.parent]
+
+    def _drop(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        self._immediate.discard(connection)
+        self._coalesced.discard(connection)
+        self._unfollow(connection)
 
     def deliver(self, events: Iterable[Event], late: Iterable[Event] = ()) -> None:
         """Fan out events that follow ``position`` in order (the outbox reader's output), and
@@ -151,16 +186,32 @@ class Hub:
         del self._lag_ms[:-1000]
         self._delivered += len(batch)
         frames: dict[Audience, str] = {}
-        for connection in list(self.connections):
-            if connection.coalesced:
-                continue
+        for connection in list(self._immediate):
             key = connection.audience
             if key not in frames:
                 visible = [e.to_json() for e in batch if connection.sees(e)]
                 frames[key] = encode({"type": "events", "events": visible}) if visible else ""
             if frames[key] and not connection.offer(frames[key]):
-                self.connections.discard(connection)
+                self._drop(connection)
+        self._to_followers(batch)
         self._pending.extend(e.to_json() for e in batch)
+
+    def _to_followers(self, batch: list[Event]) -> None:
+        """Scanners get what other people did to their parent (their own scans come as acks)."""
+        about: dict[str, list[Event]] = {}
+        for event in batch:
+            parent = event.data.get("parent")
+            if isinstance(parent, dict) and parent.get("code") in self._followers:
+                about.setdefault(parent["code"], []).append(event)
+        for code, events in about.items():
+            frames: dict[str, str] = {}
+            for connection in list(self._followers.get(code, ())):
+                who = connection.username
+                if who not in frames:
+                    others = [e.to_json() for e in events if e.data.get("by") != who]
+                    frames[who] = encode({"type": "events", "events": others}) if others else ""
+                if frames[who] and connection.sees(events[0]) and not connection.offer(frames[who]):
+                    self._drop(connection)
 
     def flush_coalesced(self) -> None:
         """Send walls and metrics screens what gathered since the last flush (one frame each)."""
@@ -174,11 +225,11 @@ class Hub:
             self._counters_sent_at = now
         events_frames: dict[tuple[Audience, int], str] = {}
         counter_frames: dict[Audience, str] = {}
-        for connection in list(self.connections):
+        for connection in list(self._coalesced):
             key = connection.audience
             skip, connection.skip_pending = connection.skip_pending, 0
             frames = []
-            if connection.coalesced and len(pending) > skip:
+            if len(pending) > skip:
                 if (key, skip) not in events_frames:
                     visible = [
                         e
@@ -197,14 +248,14 @@ class Hub:
                 frames.append(counter_frames[key])
             for frame in frames:
                 if frame and not connection.offer(frame):
-                    self.connections.discard(connection)
+                    self._drop(connection)
                     break
 
     def broadcast_metrics(self, metrics: dict[str, Any]) -> None:
         frame = encode({"type": "metrics", **metrics})
-        for connection in list(self.connections):
+        for connection in list(self._coalesced):
             if connection.metrics and not connection.offer(frame):
-                self.connections.discard(connection)
+                self._drop(connection)
 
     def close_all(self) -> None:
         for connection in list(self.connections):

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, Response, session, websocket
 from quart_auth import current_user
 
+from traitortrack.domain.codes import InvalidBagCode, normalize_code
 from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
 from traitortrack.realtime.hub import Connection, encode
@@ -79,6 +80,7 @@ async def ws() -> Response | None:
             audience,
             coalesced=view in {"wall", "metrics"},
             metrics=who.role == Role.ADMIN and view == "metrics",
+            follows_parent=view == "scanner",
             username=who.username,
         )
     else:
@@ -104,6 +106,8 @@ async def _serve(connection: Connection, who: Account | None) -> None:
         replay = (
             [] if hello is None else await _replay(connection, hello.get("last_event_id"), position)
         )
+        if hello is not None and (parent := _parent_code(hello.get("parent"))) is not None:
+            live.hub.follow(connection, parent)
         # Live frames held since ``register`` come after these (welcome, then replay in order).
         connection.go_live([encode(welcome), *replay])
         actor = _actor(who) if who is not None else None
@@ -163,6 +167,14 @@ async def _replay(connection: Connection, last: object, position: int) -> list[s
         encode({"type": "events", "events": [e.to_json() for e in missed[i : i + REPLAY_FRAME]]})
         for i in range(0, len(missed), REPLAY_FRAME)
     ]
+
+
+def _parent_code(raw: object) -> str | None:
+    """The parent a scanner says it works on; anything that is not a parent code is ignored."""
+    try:
+        return normalize_code(raw, "parent")  # type: ignore[arg-type]  # non-str is refused
+    except InvalidBagCode:
+        return None
 
 
 def _error(message: str) -> str:
@@ -235,6 +247,8 @@ async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -
         )
         state.live.bus.kick()
         connection.offer(encode(ack))
+        if ack.get("outcome") != "rejected" and isinstance(parent := ack.get("parent"), dict):
+            state.live.hub.follow(connection, parent["code"])
     except BadMessage as error:
         connection.offer(_error(str(error)))
     finally:
