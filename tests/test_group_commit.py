@@ -4,6 +4,7 @@ answered and recorded on its own, and one scan's trouble never fails its neighbo
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from tests.conftest import make_actor
@@ -38,6 +39,7 @@ async def parents(engine, dispatcher) -> None:
 
 @pytest.mark.usefixtures("parents")
 async def test_scans_arriving_together_are_committed_in_one_transaction(engine, dispatcher):
+    batches = REGISTRY.get_sample_value("traitortrack_scan_batch_size_bucket", {"le": "16.0"})
     results = await together(
         *(link_child(engine, dispatcher, new_id(), PARENT, f"KID{n:02d}") for n in range(20))
     )
@@ -49,6 +51,11 @@ async def test_scans_arriving_together_are_committed_in_one_transaction(engine, 
     assert await value(engine, "SELECT count(*) FROM link") == 20
     events = await rows(engine, "SELECT payload FROM event WHERE kind = 'child.linked' ORDER BY id")
     assert [e.payload["parent"]["children"] for e in events] == list(range(1, 21))
+    # /metrics shows the batch: one more transaction of more than 16 scans.
+    assert REGISTRY.get_sample_value("traitortrack_scan_batch_size_bucket", {"le": "16.0"}) == (
+        batches
+    )
+    assert REGISTRY.get_sample_value("traitortrack_scan_batch_size_bucket", {"le": "32.0"}) > 0
 
 
 @pytest.mark.usefixtures("parents")

@@ -35,6 +35,11 @@ ACK_LATENCY = Histogram(
     "From a scan message reaching the server to its ack: the wait a scanner feels.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SCAN_BATCH = Histogram(
+    "traitortrack_scan_batch_size",
+    "Child scans committed together in one transaction (group commit), per transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 FANOUT_LAG = Histogram(
     "traitortrack_fanout_lag_seconds",
     "From an event's commit to a worker's hub handing it to its clients.",

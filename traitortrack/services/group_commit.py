@@ -32,6 +32,7 @@ from traitortrack.domain import linking
 from traitortrack.domain.events import Event, EventKind, NewEvent, parent_json
 from traitortrack.domain.linking import BagStatus, ExistingChild, ParentState
 from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
+from traitortrack.monitoring import prometheus
 from traitortrack.services.commands import (
     CHANGED_WHILE_SAVING,
     Actor,
@@ -305,6 +306,7 @@ class GroupCommit:
             for scan in batch:
                 scan.settle(error)
             raise
+        prometheus.SCAN_BATCH.observe(len(batch))
         for scan, result in zip(batch, results, strict=True):
             scan.settle(result)
 
@@ -325,6 +327,7 @@ class GroupCommit:
             except asyncio.CancelledError as error:
                 scan.settle(error)
                 raise
+            prometheus.SCAN_BATCH.observe(1)
             scan.settle(result)
             return
         busy = f"{scan.child} is being scanned elsewhere right now; scan it again."
