@@ -2,6 +2,7 @@
 database, sign-in, and a dispatcher's scanning socket."""
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -30,6 +31,7 @@ from traitortrack.services.users import create_user
 AREAS = ("lucknow", "indore", "jaipur", "hisar", "sri_ganganagar", "sangaria", "bathinda",
          "raipur", "ranchi", "akola")  # fmt: skip
 PASSWORD = "Bench-pass1"
+PARENT_CODES = 99_999
 PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
 ROOT = Path(__file__).resolve().parents[1]
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -170,9 +172,9 @@ async def start_server(
 
 
 async def open_socket(server: Server, cookie: str) -> Any:
-    """A signed-in client's /ws, past the hello (no resume)."""
+    """A signed-in scanner's /ws (as the scanner page opens it), past the hello (no resume)."""
     ws = await websockets.connect(
-        server.base.replace("http", "ws") + "/ws",
+        server.base.replace("http", "ws") + "/ws?view=scanner",
         additional_headers={"Cookie": cookie},
         max_size=None,
         open_timeout=60,
@@ -181,15 +183,118 @@ async def open_socket(server: Server, cookie: str) -> Any:
     return ws
 
 
+async def upgrade(
+    port: int, cookie: str, path: str = "/ws"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket opened by hand: a load generator has no CPU to spare for a library."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Cookie: {cookie}\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head[:200])
+    return reader, writer
+
+
+def client_frame(data: bytes, opcode: int = 0x1) -> bytes:
+    """One final, masked client frame (RFC 6455 §5.2)."""
+    size = len(data)
+    if size < 126:
+        header = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    mask = os.urandom(4)
+    keystream = (mask * (size // 4 + 1))[:size]
+    masked = int.from_bytes(data, "big") ^ int.from_bytes(keystream, "big")
+    return header + mask + masked.to_bytes(size, "big")
+
+
+class AckSocket:
+    """A scanner's /ws (as the scanner page opens it) for load generation, in place of a
+    websockets connection: sends text, and iterates over the acks only. Whatever else the
+    server sends a scanner (events, counters) is skimmed, not decoded, so that with a
+    thousand sockets this process is not the bottleneck."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.closed = False  # by the server (a client too slow is dropped) or by close()
+
+    @classmethod
+    async def open(cls, port: int, cookie: str) -> "AckSocket":
+        socket = cls(*await upgrade(port, cookie, "/ws?view=scanner"))
+        await socket.send(json.dumps({"type": "hello", "last_event_id": None}))
+        return socket
+
+    async def send(self, text: str) -> None:
+        """Send, or drop the message if the socket is closed: that scan stays unacked."""
+        if not self.closed:
+            self.writer.write(client_frame(text.encode()))
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        buffer = b""
+        try:
+            while chunk := await self.reader.read(1 << 16):
+                buffer += chunk
+                at = 0
+                while (frame := _frame_at(buffer, at)) is not None:
+                    opcode, start, at = frame
+                    if opcode == 0x1 and buffer.startswith(_ACK, start):
+                        yield buffer[start:at].decode()
+                    elif opcode == 0x9:  # ping
+                        self.writer.write(client_frame(buffer[start:at], 0xA))
+                    elif opcode == 0x8:  # close
+                        return
+                buffer = buffer[at:]
+        except ConnectionError:
+            return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.writer.close()
+
+
+_ACK = b'{"type":"ack"'
+
+
+def _frame_at(buffer: bytes, at: int) -> tuple[int, int, int] | None:
+    """The unmasked server frame at ``at``: (opcode, payload start, end), or None if it has not
+    all arrived. The server sends every message as one final frame."""
+    if len(buffer) - at < 2:
+        return None
+    size, start = buffer[at + 1] & 0x7F, at + 2
+    if size >= 126:
+        width = 2 if size == 126 else 8
+        if len(buffer) < start + width:
+            return None
+        size, start = int.from_bytes(buffer[start : start + width], "big"), start + width
+    if len(buffer) < start + size:
+        return None
+    return buffer[at] & 0x0F, start, start + size
+
+
 # Clients -----------------------------------------------------------------------------------
 
 
 class Scanner:
     """A dispatcher's socket: scans sent on a schedule, acks timed."""
 
-    def __init__(self, ws: Any, index: int, area: str, on_ack: Callable[[float], None]) -> None:
+    def __init__(
+        self, ws: Any, index: int, area: str, on_ack: Callable[[float], None], scanners: int
+    ) -> None:
         self.ws, self.index, self.area, self.on_ack = ws, index, area, on_ack
-        self.parents = [f"SB{index * 1000 + p + 1:05d}" for p in range(PARENTS_PER_SCANNER)]
+        # Parent codes are SB00001..SB99999: each of the ``scanners`` gets its own block.
+        first = index * (PARENT_CODES // scanners) + 1
+        self.parents = [f"SB{first + p:05d}" for p in range(PARENTS_PER_SCANNER)]
         self.children = dict.fromkeys(self.parents, 0)
         self.next_parent = 0
         self.sent_at: dict[str, float] = {}  # scan id -> send time

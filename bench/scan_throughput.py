@@ -1,7 +1,7 @@
 """Scan throughput: ``link_child`` through the service layer against raw asyncpg doing the same
 writes, at the same concurrency, on the same scratch database (issue 3).
 
-    python -m bench.scan_throughput [--scans 6000] [--concurrency 64]
+    python -m bench.scan_throughput [--scans 6000] [--concurrency 64] [--write]
     python -m bench scan ...
 
 RAW is the floor of what one scan must cost: one transaction per scan on an asyncpg pool with
@@ -10,7 +10,8 @@ row and the outbox event). SERVICE is ``traitortrack.services.scans.link_child``
 ``traitortrack.db.engine.create_engine``: idempotency lookup, parent lock, child lookup, the same
 writes, SQLAlchemy on top. Both use the app's pool size (20 + 10 overflow), both are warmed up,
 and each scans fresh parents (at most 30 children each) interleaved so that concurrent scans
-rarely wait on the same parent. The figures go to stdout and to docs/performance.md.
+rarely wait on the same parent. The figures go to stdout and, with ``--write``, to
+docs/performance.md.
 """
 
 import argparse
@@ -85,8 +86,36 @@ def libpq_url(url: str, database: str) -> str:
     )
 
 
-def parent_codes(first: int, count: int) -> list[str]:
-    return [f"SB{n:05d}" for n in range(first, first + count)]
+def parent_codes(first: int, count: int, prefix: str = "SB") -> list[str]:
+    return [f"{prefix}{n:05d}" for n in range(first, first + count)]
+
+
+async def add_parents(pool: asyncpg.Pool, codes: list[str], user_id: int) -> None:
+    await pool.executemany(
+        "INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'parent', $2, $3)",
+        [(code, AREA, user_id) for code in codes],
+    )
+    await pool.execute("VACUUM ANALYZE")
+
+
+def raw_scan(pool: asyncpg.Pool, user_id: int) -> Scan:
+    """A scan as the raw SQL floor: the ``RAW_SCAN`` writes, one transaction per scan."""
+
+    async def raw(parent: str, child: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(RAW_SCAN[0], parent)
+            child_id = await conn.fetchval(RAW_SCAN[1], child, row["area"], user_id)
+            await conn.execute(RAW_SCAN[2], child_id, row["id"], user_id)
+            state = {"code": parent, "children": row["child_count"], "status": row["status"]}
+            message = f"{child} linked ({row['child_count']}/30)"
+            await conn.execute(
+                RAW_SCAN[3], user_id, str(uuid.uuid4()), child, parent, AREA, message,
+                json.dumps({"parent": state}),
+            )  # fmt: skip
+            payload = {"parent": state, "child": child, "by": "bench"}
+            await conn.execute(RAW_SCAN[4], row["area"], json.dumps(payload))
+
+    return raw
 
 
 def work_items(parents: list[str], tag: str) -> list[tuple[str, str]]:
@@ -135,25 +164,8 @@ async def run(args: argparse.Namespace, settings: Settings, dsn: str) -> tuple[P
         sizes = (warm, warm) + (per_phase, per_phase) * args.rounds  # raw, service, raw, ...
         chunks = [parent_codes(sum(sizes[:i]), n) for i, n in enumerate(sizes)]
         codes = [code for chunk in chunks for code in chunk]
-        await pool.executemany(
-            "INSERT INTO bag (code, kind, area, owner_id) VALUES ($1, 'parent', $2, $3)",
-            [(code, AREA, user_id) for code in codes],
-        )
-        await pool.execute("VACUUM ANALYZE")
-
-        async def raw(parent: str, child: str) -> None:
-            async with pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(RAW_SCAN[0], parent)
-                child_id = await conn.fetchval(RAW_SCAN[1], child, row["area"], user_id)
-                await conn.execute(RAW_SCAN[2], child_id, row["id"], user_id)
-                state = {"code": parent, "children": row["child_count"], "status": row["status"]}
-                message = f"{child} linked ({row['child_count']}/30)"
-                await conn.execute(
-                    RAW_SCAN[3], user_id, str(uuid.uuid4()), child, parent, AREA, message,
-                    json.dumps({"parent": state}),
-                )  # fmt: skip
-                payload = {"parent": state, "child": child, "by": "bench"}
-                await conn.execute(RAW_SCAN[4], row["area"], json.dumps(payload))
+        await add_parents(pool, codes, user_id)
+        raw = raw_scan(pool, user_id)
 
         async def service(parent: str, child: str) -> None:
             result = await link_child(engine, actor, str(uuid.uuid4()), parent, child)
@@ -235,8 +247,9 @@ async def main_async(args: argparse.Namespace) -> None:
         await admin.close()
     body = report(raw, service, args, pool, load)
     print(body)
-    write_doc(body, postgres)
-    print(f"written to {DOC}")
+    if args.write:
+        write_doc(body, postgres)
+        print(f"written to {DOC}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="alternate raw/service this many times (default 1)"
     )
+    parser.add_argument("--write", action="store_true", help="write docs/performance.md")
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0

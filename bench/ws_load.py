@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace, database_url: str, directory: Path) -> t
         for i in range(args.scanners):
             ws = await open_socket(server, cookies[i % len(AREAS)])
             sockets.append(ws)
-            scanners.append(Scanner(ws, i, AREAS[i % len(AREAS)], record_ack))
+            scanners.append(Scanner(ws, i, AREAS[i % len(AREAS)], record_ack, args.scanners))
         for scanner in scanners:
             await scanner.open_parents()
 

@@ -1,0 +1,54 @@
+"""The benchmarks' own machinery: the hand-rolled websocket frames and the profile summary."""
+
+import asyncio
+
+from bench.live import AckSocket, _frame_at, client_frame
+from bench.scanners import Result, Tally, summarize
+
+
+def _unmask(frame: bytes, header: int) -> bytes:
+    mask, payload = frame[header : header + 4], frame[header + 4 :]
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_client_frames_are_masked_text_of_every_length_class():
+    for size, header in [(0, 2), (125, 2), (126, 4), (70_000, 10)]:
+        data = b"x" * size
+        frame = client_frame(data)
+        assert frame[0] == 0x81 and frame[1] & 0x80
+        assert _unmask(frame, header) == data
+
+
+def test_a_server_frame_is_read_only_once_it_has_all_arrived():
+    ack = b'{"type":"ack","id":"1","outcome":"ok"}'
+    frame = bytes([0x81, len(ack)]) + ack
+    assert _frame_at(frame[:-1], 0) is None
+    assert _frame_at(frame, 0) == (0x1, 2, len(frame))
+    long = bytes([0x81, 126]) + (300).to_bytes(2, "big") + b"e" * 300
+    assert _frame_at(long, 0) == (0x1, 4, 304)
+
+
+async def test_the_ack_socket_passes_on_acks_and_skims_the_rest():
+    ack = b'{"type":"ack","id":"1","outcome":"ok"}'
+    events = b'{"type":"events","events":[]}'
+    reader = asyncio.StreamReader()
+    for payload in (events, ack, events):
+        reader.feed_data(bytes([0x81, len(payload)]) + payload)
+    reader.feed_eof()
+
+    class Writer:
+        def close(self) -> None:
+            pass
+
+    socket = AckSocket(reader, Writer())
+    assert [message async for message in socket] == [ack.decode()]
+    assert socket.closed
+
+
+def test_the_profile_summary_ranks_own_and_inclusive_time():
+    collapsed = "process 1:serve;run (a.py:1);scan (b.py:2) 3\nprocess 1:serve;run (a.py:1) 1\n"
+    result = Result("step", 1.0, 500, Tally(acked=500), 90.0, 80.0)
+    summary = summarize(collapsed, "before", result)
+    own = summary.split("Own time")[1].split("Inclusive")[0]
+    assert own.index("scan (b.py:2)") < own.index("run (a.py:1)")
+    assert "100.0 %  run (a.py:1)" in summary.split("Inclusive")[1]
