@@ -256,3 +256,27 @@ async def test_a_scanner_that_names_its_parent_in_the_hello_follows_it_at_once(a
             seen = await _receive_until(mine, "events")
 
     assert [e["data"]["child"] for e in seen["events"]] == ["THEIRS1"]
+
+
+async def test_a_scanner_socket_closes_once_its_sessions_are_revoked(app, engine, monkeypatch):
+    from quart.testing.connections import WebsocketDisconnectError
+
+    from traitortrack.realtime import live
+    from traitortrack.services import people
+    from traitortrack.web import ws as ws_module
+
+    monkeypatch.setattr(ws_module, "SESSION_CHECK_S", 0.2)
+    boss = await make_actor(engine, Role.ADMIN, name="boss")
+    client = await _dispatcher_client(app, engine)
+    ravi = await _value(engine, "SELECT id FROM \"user\" WHERE username = 'ravi'")
+    async with client.websocket("/ws?view=scanner") as scanner:
+        await scanner.send(json.dumps({"type": "hello"}))
+        await _receive_until(scanner, "welcome")
+        await people.revoke_sessions(engine, boss, ravi)
+        revoked = asyncio.get_running_loop().time()
+        with pytest.raises(WebsocketDisconnectError):
+            async with asyncio.timeout(3):
+                while True:
+                    await scanner.receive()
+    # Within the check interval plus one sweep, not at some later tick.
+    assert asyncio.get_running_loop().time() - revoked < 0.2 + live.SWEEP_EVERY_S + 1.5

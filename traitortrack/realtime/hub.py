@@ -1,6 +1,7 @@
 """The hub: who is connected to this worker, and getting each event to the right ones.
 
-Each connection has a bounded queue of ready-to-send frames. Frames are serialised once per
+Each connection has a bounded queue of ready-to-send frames (one sender task per socket waits
+on it). Frames are serialised once per
 audience and the same bytes go to every member. Wall displays and metrics screens get events and
 counters coalesced (at most ``COALESCE_HZ`` frames a second); a scanner gets, at once, only the
 events about the parent it is working on (a thousand scanners would otherwise each be sent every
@@ -10,16 +11,15 @@ never slows the others, nor grows the server's memory.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from traitortrack.domain.events import Event
 from traitortrack.domain.roles import Role
@@ -43,8 +43,31 @@ class State(StrEnum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
+class Closing(NamedTuple):
+    code: int
+    reason: str
+
+
+TOO_SLOW = Closing(1008, "too slow; reconnect and resume")
+RESTART = Closing(1012, "server restarting; reconnect")
+SESSION_ENDED = Closing(4401, "session ended; sign in again")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCheck:
+    """How the session sweeper re-checks a socket's right to stay open. Sockets with the same
+    ``key`` (a wall's display link, a person's session) share one check."""
+
+    key: Hashable
+    still_allowed: Callable[[], Awaitable[bool]]
+    every_s: float
+
+
+@dataclass(eq=False, slots=True)
 class Connection:
+    """One socket's place in the hub. Slotted and without asyncio queues or events of its own:
+    a worker holds thousands of idle wall displays, and each byte here is paid per socket."""
+
     role: Role | None  # None for a display link
     audience: Audience
     coalesced: bool  # wall displays and metrics screens
@@ -52,17 +75,21 @@ class Connection:
     follows_parent: bool = False  # a scanner: only events about its current parent
     parent: str | None = None  # that parent (the one its last saved scan was about)
     username: str = ""
-    # None in the queue means "stop sending": the sender then closes the socket.
-    queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    session: SessionCheck | None = None
+    check_at: float = 0.0  # when the sweeper next checks the session (the loop's clock)
+    frames: deque[str] = field(default_factory=deque)  # at most QUEUE_FRAMES
     state: State = State.PAUSED
     held: list[str] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set when the socket is gone; the drain before a stop waits for it.
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    restarting: bool = False
+    closing: Closing | None = None  # once set, the sender sends what is queued, then closes
+    finished: bool = False  # the socket is gone; the drain before a stop waits for it
     busy: bool = False  # a scan from this socket is being saved
     # Coalesced events gathered before it registered: its welcome position covers them.
     skip_pending: int = 0
+    _wake: asyncio.Future[None] | None = None  # the sender waiting for a frame
+
+    @property
+    def restarting(self) -> bool:
+        return self.closing == RESTART
 
     def sees(self, event: Event) -> bool:
         return self.audience is None or event.area is None or event.area in self.audience
@@ -76,11 +103,23 @@ class Connection:
                 return self._overflow()
             self.held.append(frame)
             return True
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self.frames) >= QUEUE_FRAMES:
             return self._overflow()
+        self.frames.append(frame)
+        self._wake_sender()
         return True
+
+    async def next_frame(self) -> str | None:
+        """The next frame to send; None once the socket is closing and nothing is queued."""
+        while not self.frames:
+            if self.closing is not None:
+                return None
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        return self.frames.popleft()
 
     def go_live(self, first: Iterable[str] = ()) -> None:
         """Send ``first`` (welcome, replay), then the live frames held meanwhile: those have
@@ -96,23 +135,29 @@ class Connection:
     def _overflow(self) -> bool:
         log.warning("client too slow; dropped", extra={"user": self.username})
         self.state = State.CLOSED
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(encode({"type": "resync", "reason": "too slow: reload"}))
-        self.closed.set()
+        self.frames.clear()
+        self.held.clear()
+        self.frames.append(encode({"type": "resync", "reason": "too slow: reload"}))
+        self.end(TOO_SLOW)
         return False
+
+    def end(self, closing: Closing) -> None:
+        """Close the socket with ``closing`` once what is queued has been sent."""
+        if self.closing is None:
+            self.closing = closing
+        self._wake_sender()
 
     def restart(self) -> None:
         """The server is stopping: finish what is queued, then close with 1012."""
-        self.restarting = True
-        self.closed.set()
-        # A full queue needs no wake-up: the sender checks ``closed`` after every frame.
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        self.end(RESTART)
 
     def close(self) -> None:
         self.state = State.CLOSED
-        self.closed.set()
+        self.end(TOO_SLOW)
+
+    def _wake_sender(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
 
 @dataclass
@@ -142,7 +187,7 @@ class Hub:
 
     def unregister(self, connection: Connection) -> None:
         connection.close()
-        connection.finished.set()
+        connection.finished = True
         self._drop(connection)
 
     def follow(self, connection: Connection, parent: str) -> None:
@@ -256,6 +301,23 @@ class Hub:
         for connection in list(self._coalesced):
             if connection.metrics and not connection.offer(frame):
                 self._drop(connection)
+
+    async def check_sessions(self, now: float) -> None:
+        """End the sockets whose session is due for a check and no longer allowed."""
+        due: dict[Hashable, list[Connection]] = {}
+        for connection in self.connections:
+            due_now = connection.check_at <= now and connection.closing is None
+            if connection.session is not None and due_now:
+                due.setdefault(connection.session.key, []).append(connection)
+        for sharing in due.values():
+            session = sharing[0].session
+            assert session is not None
+            allowed = await session.still_allowed()
+            for connection in sharing:
+                if allowed:
+                    connection.check_at = now + session.every_s
+                else:
+                    connection.end(SESSION_ENDED)
 
     def close_all(self) -> None:
         for connection in list(self.connections):

@@ -20,6 +20,8 @@ from traitortrack.realtime.outbox import newest_id
 log = logging.getLogger(__name__)
 
 METRICS_EVERY_S = 1.0
+DRAIN_POLL_S = 0.05
+SWEEP_EVERY_S = 1.0
 
 
 @dataclass
@@ -48,7 +50,11 @@ class Live:
         )
         await bus.start()
         live = cls(engine, hub, bus)
-        live._tasks = [asyncio.create_task(live._flush()), asyncio.create_task(live._metrics())]
+        live._tasks = [
+            asyncio.create_task(live._flush()),
+            asyncio.create_task(live._metrics()),
+            asyncio.create_task(live._sweep_sessions()),
+        ]
         return live
 
     async def drain(self, timeout_s: float) -> None:
@@ -58,7 +64,9 @@ class Live:
             connection.restart()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*(c.finished.wait() for c in connections))
+                # Sockets finish within a send or two; a short poll spares each an event.
+                while not all(c.finished for c in connections):  # noqa: ASYNC110
+                    await asyncio.sleep(DRAIN_POLL_S)
         log.info("hub drained", extra={"connections": len(connections)})
 
     async def stop(self) -> None:
@@ -84,3 +92,16 @@ class Live:
                 )
             except Exception:
                 log.exception("metrics frame failed")
+
+    async def _sweep_sessions(self) -> None:
+        """End sockets whose session or display link was revoked or ran out.
+
+        One sweeper per worker instead of a timer task per socket: sockets that are due share
+        one check per session (a thousand walls on one display link cost one query).
+        """
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await self.hub.check_sessions(asyncio.get_running_loop().time())
+            except Exception:
+                log.exception("session sweep failed")

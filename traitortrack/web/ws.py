@@ -1,14 +1,16 @@
 """``/ws``: the live connection of scanners, wall displays and admins (SPEC §8).
 
-One receive task and one send task per socket; when either ends, the other is cancelled.
+One receive task and one send task per socket; when either ends, the other is cancelled. The
+worker's session sweeper (``Live``) closes sockets whose session or display link has ended.
 The socket's audience (role, dispatch area) is decided here, once, from the session.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +21,7 @@ from quart_auth import current_user
 from traitortrack.domain.codes import InvalidBagCode, normalize_code
 from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
-from traitortrack.realtime.hub import Connection, encode
+from traitortrack.realtime.hub import TOO_SLOW, Connection, SessionCheck, encode
 from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import runtime
 from traitortrack.security import anonymize_ip
@@ -38,8 +40,6 @@ MAX_REPLAY = 5_000
 REPLAY_FRAME = 500
 SESSION_CHECK_S = 30.0
 SEND_TIMEOUT_S = 10.0
-SERVICE_RESTART = 1012
-SESSION_ENDED = 4401
 
 
 def _same_origin() -> bool:
@@ -113,19 +113,30 @@ async def _serve(connection: Connection, who: Account | None) -> None:
         actor = _actor(who) if who is not None else None
         if first is not None and hello is None:
             await _handle(connection, actor, first)
-        tasks = [
-            asyncio.create_task(_send(connection)),
-            asyncio.create_task(_receive(connection, actor)),
-        ]
-        tasks.append(asyncio.create_task(_watch_session(_still_allowed(who))))
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        connection.session = _session_check(who)
+        connection.check_at = asyncio.get_running_loop().time() + SESSION_CHECK_S
+        await _send_and_receive(connection, actor)
     finally:
         live.hub.unregister(connection)
+
+
+async def _send_and_receive(connection: Connection, actor: Actor | None) -> None:
+    """Receive on this task and send on one other; when either ends, the other is cancelled.
+    (Two tasks per socket, not three: an idle wall display costs memory per task.)"""
+    receiving = asyncio.current_task()
+    assert receiving is not None
+    sending = asyncio.create_task(_send(connection))
+    sending.add_done_callback(lambda _: receiving.cancel())
+    try:
+        await _receive(connection, actor)
+    except asyncio.CancelledError:
+        if not sending.done():
+            raise  # the client went away (or the server is stopping), not the sender
+        receiving.uncancel()
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
 
 
 def _actor(who: Account) -> Actor:
@@ -182,22 +193,15 @@ def _error(message: str) -> str:
 
 
 async def _send(connection: Connection) -> None:
-    while True:
-        frame = await connection.queue.get()
-        if frame is not None:
-            await _send_within(frame)
-        if connection.closed.is_set() and (frame is None or connection.queue.empty()):
-            break
+    while (frame := await connection.next_frame()) is not None:
+        await _send_within(frame)
     # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
     while connection.busy:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    while not connection.queue.empty():
-        if (frame := connection.queue.get_nowait()) is not None:
-            await _send_within(frame)
-    if connection.restarting:
-        await websocket.close(SERVICE_RESTART, "server restarting; reconnect")
-    else:
-        await websocket.close(1008, "too slow; reconnect and resume")
+    while (frame := await connection.next_frame()) is not None:
+        await _send_within(frame)
+    closing = connection.closing or TOO_SLOW
+    await websocket.close(closing.code, closing.reason)
 
 
 async def _send_within(frame: str) -> None:
@@ -255,24 +259,23 @@ async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -
         connection.busy = False
 
 
-def _still_allowed(who: Account | None) -> Callable[[], Awaitable[bool]]:
-    """How a socket re-checks its right to stay open: the person's session, or the display
-    link it was opened with (an admin may revoke either at any time)."""
+def _session_check(who: Account | None) -> SessionCheck:
+    """How the session sweeper re-checks this socket's right to stay open: the person's
+    session, or the display link it was opened with (an admin may revoke either at any time)."""
     engine = runtime().engine
     if who is not None:
-        return lambda: _is_present(load_account(engine, who.auth_id))
+        return SessionCheck(
+            ("session", who.auth_id),
+            lambda: _is_present(load_account(engine, who.auth_id)),
+            SESSION_CHECK_S,
+        )
     link_id = session.get("display_link")
-    return lambda: _is_present(display_link_access(engine, link_id))
+    return SessionCheck(
+        ("display link", link_id),
+        lambda: _is_present(display_link_access(engine, link_id)),
+        SESSION_CHECK_S,
+    )
 
 
 async def _is_present(lookup: Awaitable[object]) -> bool:
     return await lookup is not None
-
-
-async def _watch_session(still_allowed: Callable[[], Awaitable[bool]]) -> None:
-    """End the socket when its session or display link is revoked or runs out."""
-    while True:
-        await asyncio.sleep(SESSION_CHECK_S)
-        if not await still_allowed():
-            await websocket.close(SESSION_ENDED, "session ended; sign in again")
-            return
