@@ -196,6 +196,31 @@ async def test_a_child_taken_by_another_transaction_mid_batch_fails_only_that_sc
 
 
 @pytest.mark.usefixtures("parents")
+@pytest.mark.usefixtures("parents")
+async def test_a_child_taken_out_while_the_batch_waited_for_its_parent_is_linked_again(
+    engine, dispatcher
+):
+    assert (await link_child(engine, dispatcher, new_id(), PARENT, "BACK1")).ok
+    async with engine.connect() as other:
+        # An undo elsewhere holds the parent while it takes BACK1 out.
+        transaction = await other.begin()
+        await other.execute(text("SELECT 1 FROM bag WHERE code = :p FOR UPDATE"), {"p": PARENT})
+        await other.execute(
+            text("DELETE FROM link WHERE child_id = (SELECT id FROM bag WHERE code = 'BACK1')")
+        )
+        await other.execute(text("UPDATE bag SET child_count = 0 WHERE code = :p"), {"p": PARENT})
+        scan = asyncio.ensure_future(link_child(engine, dispatcher, new_id(), PARENT, "BACK1"))
+        await asyncio.sleep(0.3)
+        assert not scan.done(), "the batch waits for the parent's lock"
+        await transaction.commit()
+
+    result = await scan
+
+    assert (result.outcome, result.message) == (Outcome.OK, "BACK1 linked (1/30)")
+    assert await value(engine, "SELECT count(*) FROM link") == 1
+
+
+@pytest.mark.usefixtures("parents")
 async def test_two_workers_scanning_the_same_children_in_opposite_orders_both_finish(
     engine, settings: Settings, dispatcher
 ):

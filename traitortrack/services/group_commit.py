@@ -52,14 +52,31 @@ MAX_BATCH = 64
 ATTEMPTS = 3
 ACTION = "link_child"
 
-_STORED = """
-    SELECT s.user_id, s.client_id, s.outcome, s.message, s.error, s.result
-    FROM unnest($1::bigint[], $2::text[]) AS k(user_id, client_id)
+# Everything a batch reads, in one round trip: the parents, locked in id order (so batches
+# never deadlock on each other), the scanned children with the parent each is in, and the
+# answers already recorded for the batch's client ids. ``stale`` marks a parent that another
+# transaction changed after this statement's snapshot was taken (the lock waited for it, or it
+# committed just before): the children read in the same snapshot may then be out of date.
+_READ = """
+    WITH locked AS (
+        SELECT id, code, kind, area, child_count, status, xmin::text AS version FROM bag
+        WHERE code = ANY($1::text[]) ORDER BY id FOR UPDATE
+    )
+    SELECT 'parent' AS what, l.id, l.code, l.kind, l.area, l.child_count, l.status,
+           l.version <> b.xmin::text AS stale, NULL AS parent_code, NULL::bigint AS user_id,
+           NULL AS client_id, NULL AS outcome, NULL AS message, NULL AS error,
+           NULL::jsonb AS result
+    FROM locked AS l JOIN bag AS b ON b.id = l.id
+    UNION ALL
+    SELECT 'child', b.id, b.code, b.kind, NULL, b.child_count, NULL, NULL, p.code,
+           NULL, NULL, NULL, NULL, NULL, NULL
+    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
+    WHERE b.code = ANY($2::text[])
+    UNION ALL
+    SELECT 'stored', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           s.user_id, s.client_id, s.outcome, s.message, s.error, s.result
+    FROM unnest($3::bigint[], $4::text[]) AS k(user_id, client_id)
     JOIN scan AS s ON s.user_id = k.user_id AND s.client_id = k.client_id
-"""
-_LOCK_PARENTS = """
-    SELECT id, code, kind, area, child_count, status FROM bag
-    WHERE code = ANY($1::text[]) ORDER BY id FOR UPDATE
 """
 _FIND_CHILDREN = """
     SELECT b.code, b.id, b.kind, b.child_count, p.code AS parent_code
@@ -279,29 +296,43 @@ class GroupCommit:
             await asyncio.gather(*drains, return_exceptions=True)
 
     async def _drain(self, lane: int) -> None:
+        """Commit the lane's batches one after another, on one connection while it works."""
         queue = self._queues[lane]
         try:
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
-                await self._commit(batch)
+                async with connect(self.engine) as (_, pg):
+                    while queue:
+                        batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+                        if not await self._commit(pg, batch, queue):
+                            break  # the connection may be broken: take another
+        except Exception as error:  # no connection at all: answer what waits, then stop
+            log.exception("group commit could not connect", extra={"scans": len(queue)})
+            while queue:
+                queue.popleft().settle(error)
         finally:
             self._drains[lane] = None
 
-    async def _commit(self, batch: list[ChildScan]) -> None:
+    async def _commit(
+        self, pg: asyncpg.Connection, batch: list[ChildScan], queue: deque[ChildScan]
+    ) -> bool:
+        """Commit a batch and answer its scans; False when the connection failed (scans not
+        yet tried go back to the front of the lane's queue)."""
         try:
-            results = await self._attempt(batch)
+            results = await self._attempt(pg, batch)
         except (_Retry, asyncpg.IntegrityConstraintViolationError,
                 asyncpg.TransactionRollbackError) as error:  # fmt: skip
             why = type(error).__name__
             log.info("group commit retried one by one", extra={"scans": len(batch), "why": why})
-            for scan in batch:
-                await self._commit_alone(scan)
-            return
+            for index, scan in enumerate(batch):
+                if not await self._commit_alone(pg, scan):
+                    queue.extendleft(reversed(batch[index + 1 :]))
+                    return False
+            return True
         except Exception as error:
             log.exception("group commit failed", extra={"scans": len(batch)})
             for scan in batch:
                 scan.settle(error)
-            return
+            return False
         except asyncio.CancelledError as error:
             for scan in batch:
                 scan.settle(error)
@@ -309,11 +340,12 @@ class GroupCommit:
         prometheus.SCAN_BATCH.observe(len(batch))
         for scan, result in zip(batch, results, strict=True):
             scan.settle(result)
+        return True
 
-    async def _commit_alone(self, scan: ChildScan) -> None:
+    async def _commit_alone(self, pg: asyncpg.Connection, scan: ChildScan) -> bool:
         for _ in range(ATTEMPTS):
             try:
-                [result] = await self._attempt([scan])
+                [result] = await self._attempt(pg, [scan])
             except (_Retry, asyncpg.TransactionRollbackError):
                 continue
             except asyncpg.IntegrityConstraintViolationError:
@@ -323,27 +355,35 @@ class GroupCommit:
             except Exception as error:
                 log.exception("a scan could not be saved", extra={"action": ACTION})
                 scan.settle(error)
-                return
+                return False
             except asyncio.CancelledError as error:
                 scan.settle(error)
                 raise
             prometheus.SCAN_BATCH.observe(1)
             scan.settle(result)
-            return
+            return True
         busy = f"{scan.child} is being scanned elsewhere right now; scan it again."
         scan.settle(rejected(BadInput("BUSY", busy)))
+        return True
 
-    async def _attempt(self, batch: list[ChildScan]) -> list[Result]:
-        async with connect(self.engine) as (_, pg), pg.transaction():
+    async def _attempt(self, pg: asyncpg.Connection, batch: list[ChildScan]) -> list[Result]:
+        async with pg.transaction():
+            rows = await pg.fetch(
+                _READ,
+                sorted({s.parent for s in batch}),
+                sorted({s.child for s in batch}),
+                [s.actor.user_id for s in batch],
+                [s.client_id for s in batch],
+            )
+            parents = [row for row in rows if row["what"] == "parent"]
+            children = [row for row in rows if row["what"] == "child"]
+            if any(row["stale"] for row in parents):  # read them again, after the locks
+                children = await pg.fetch(_FIND_CHILDREN, sorted({s.child for s in batch}))
             stored = {
                 (row["user_id"], row["client_id"]): stored_result(row)
-                for row in await pg.fetch(
-                    _STORED, [s.actor.user_id for s in batch], [s.client_id for s in batch]
-                )
+                for row in rows
+                if row["what"] == "stored"
             }
-            fresh = [s for s in batch if s.key not in stored]
-            parents = await pg.fetch(_LOCK_PARENTS, sorted({s.parent for s in fresh}))
-            children = await pg.fetch(_FIND_CHILDREN, sorted({s.child for s in fresh}))
             decisions = _Batch(
                 {row["code"]: row for row in parents},
                 {row["code"]: (row["id"], _existing(row)) for row in children},
