@@ -9,6 +9,7 @@ BENCHMARKS = {
     "scan": "bench.scan_throughput",
     "walls": "bench.ws_load",
     "scanners": "bench.scanners",
+    "size": "bench.size",
 }
 
 
