@@ -363,3 +363,13 @@ async def test_live_js_resumes_across_a_crash_and_a_restart_of_its_server(
         finally:
             await page.stop()
             await scanner.close()
+
+
+async def test_the_server_declines_the_permessage_deflate_that_browsers_offer(settings, tmp_path):
+    async with cluster(settings, tmp_path, servers=1) as c:
+        # The websockets client offers permessage-deflate, as every browser does.
+        wall = await LiveClient.open(c.a, await login(c.a, "admin", ADMIN_PASSWORD), view="wall")
+        try:
+            assert "Sec-WebSocket-Extensions" not in wall.ws.response.headers
+        finally:
+            await wall.close()

@@ -18,7 +18,9 @@ from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
+from hypercorn.protocol import ws_stream
 from hypercorn.utils import wrap_app
+from wsproto.extensions import PerMessageDeflate
 
 from traitortrack.monitoring import multiprocess
 
@@ -28,10 +30,21 @@ STOP_POLL_S = 0.1
 RESTART_BACKOFF_S = 1.0
 
 
+class _NoCompression(PerMessageDeflate):
+    """Declines permessage-deflate, which every browser offers and Hypercorn always accepts
+    (it has no setting: pgjones/hypercorn#307). Compression is per socket: each wall would
+    keep a zlib stream of its own (hundreds of KB) and deflate every frame on its own, where
+    the hub sends one encoded frame to all of them."""
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
 def _worker(config: Config, sockets: Sockets, stop: EventType) -> None:
     from traitortrack import create_app
     from traitortrack.runtime import drain
 
+    ws_stream.PerMessageDeflate = _NoCompression  # type: ignore[misc]
     app = create_app()
     _route_hypercorn_logs_through_ours(config)
 
