@@ -15,9 +15,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Blueprint, Response, session, websocket
-from quart.blueprints import BlueprintSetupState
 from quart_auth import current_user
 
 from traitortrack.domain.codes import InvalidBagCode, normalize_code
@@ -33,6 +31,7 @@ from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.hooks import session_deadline
+from traitortrack.web.wire import frame_sender, keep_asgi_send
 
 blueprint = Blueprint("ws", __name__)
 log = logging.getLogger(__name__)
@@ -41,8 +40,6 @@ HELLO_WAIT_S = 1.0
 MAX_REPLAY = 5_000
 REPLAY_FRAME = 500
 SESSION_CHECK_S = 30.0
-SEND_TIMEOUT_S = 10.0
-ASGI_SEND = "traitortrack.asgi_send"  # the scope key of the server's ASGI send callable
 
 
 def _same_origin() -> bool:
@@ -196,37 +193,19 @@ def _error(message: str) -> str:
 
 
 async def _send(connection: Connection) -> None:
-    send = websocket.scope[ASGI_SEND]
+    send = frame_sender(websocket.scope)
     while (frame := await connection.next_frame()) is not None:
-        await _send_within(send, frame)
+        await send(frame)
     # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
     while connection.busy:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     while (frame := await connection.next_frame()) is not None:
-        await _send_within(send, frame)
+        await send(frame)
     closing = connection.closing or TOO_SLOW
     await websocket.close(closing.code, closing.reason)
 
 
-async def _send_within(send: ASGISendCallable, frame: str) -> None:
-    """A client that stops reading must not hold a frame (and its memory) forever."""
-    async with asyncio.timeout(SEND_TIMEOUT_S):
-        await send({"type": "websocket.send", "text": frame, "bytes": None})
-
-
-@blueprint.record_once
-def _keep_asgi_send(state: BlueprintSetupState) -> None:
-    """Frames go straight to the server's ASGI ``send``: Quart's ``websocket.send`` also yields
-    to the event loop, re-checks the handshake and fires a signal on every frame, which at
-    thousands of wall frames a second is a good part of a worker's time."""
-    serve = state.app.asgi_app
-
-    async def asgi_app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] == "websocket":
-            scope = {**scope, ASGI_SEND: send}  # type: ignore[typeddict-unknown-key]
-        await serve(scope, receive, send)
-
-    state.app.asgi_app = asgi_app  # type: ignore[method-assign]
+blueprint.record_once(lambda state: keep_asgi_send(state.app))
 
 
 async def _receive(connection: Connection, actor: Actor | None) -> None:
