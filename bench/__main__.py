@@ -9,6 +9,9 @@ BENCHMARKS = {
     "scan": "bench.scan_throughput",
     "walls": "bench.ws_load",
     "scanners": "bench.scanners",
+    "fanout": "bench.fanout",
+    "idle": "bench.idle_sockets",
+    "soak": "bench.soak",
     "size": "bench.size",
 }
 

@@ -56,13 +56,17 @@ async def scratch_database() -> AsyncIterator[tuple[str, str]]:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], workers: int, log: Path, asgi_app: str | None = None
+    ) -> None:
+        """``traitortrack serve``, or plain Hypercorn serving ``asgi_app`` ("module:name")."""
         with socket_port() as port:
             self.port = port
-        self.log = log
+        self.env, self.log = env, log  # another app process on the same database takes ``env``
+        serve = (["traitortrack", "serve", "--workers", str(workers)] if asgi_app is None
+                 else ["hypercorn", "--worker-class", "uvloop", asgi_app])  # fmt: skip
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "traitortrack", "serve", "--workers", str(workers),
-             "--bind", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", *serve, "--bind", f"127.0.0.1:{self.port}"],
             env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -188,18 +192,22 @@ async def upgrade(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A websocket opened by hand: a load generator has no CPU to spare for a library."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Cookie: {cookie}\r\n\r\n"
-        ).encode()
-    )
+    writer.write(upgrade_request(port, cookie, path))
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
         raise RuntimeError(head[:200])
     return reader, writer
+
+
+def upgrade_request(port: int, cookie: str, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        # What browsers offer; the app declines it (traitortrack/server.py), frames stay plain.
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        f"Cookie: {cookie}\r\n\r\n"
+    ).encode()
 
 
 def client_frame(data: bytes, opcode: int = 0x1) -> bytes:
