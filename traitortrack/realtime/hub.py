@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,7 +77,8 @@ class Connection:
     username: str = ""
     session: SessionCheck | None = None
     check_at: float = 0.0  # when the sweeper next checks the session (the loop's clock)
-    frames: deque[str] = field(default_factory=deque)  # at most QUEUE_FRAMES
+    # At most QUEUE_FRAMES, and mostly one or two: a list is a tenth of a deque's size.
+    frames: list[str] = field(default_factory=list)
     state: State = State.PAUSED
     held: list[str] = field(default_factory=list)
     closing: Closing | None = None  # once set, the sender sends what is queued, then closes
@@ -119,7 +120,7 @@ class Connection:
                 await self._wake
             finally:
                 self._wake = None
-        return self.frames.popleft()
+        return self.frames.pop(0)
 
     def go_live(self, first: Iterable[str] = ()) -> None:
         """Send ``first`` (welcome, replay), then the live frames held meanwhile: those have

@@ -92,32 +92,41 @@ async def ws() -> Response | None:
 
 async def _serve(connection: Connection, who: Account | None) -> None:
     live = runtime().live
-    position, counters = live.hub.register(connection)
     try:
-        first = await _first_message()
-        hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
-        welcome = {
-            "type": "welcome",
-            "role": str(connection.role or "display"),
-            "area": who.area if who else None,
-            "last_event_id": position,
-            "counters": counters,
-        }
-        replay = (
-            [] if hello is None else await _replay(connection, hello.get("last_event_id"), position)
-        )
-        if hello is not None and (parent := _parent_code(hello.get("parent"))) is not None:
-            live.hub.follow(connection, parent)
-        # Live frames held since ``register`` come after these (welcome, then replay in order).
-        connection.go_live([encode(welcome), *replay])
+        first = await _start(connection, who)
         actor = _actor(who) if who is not None else None
-        if first is not None and hello is None:
+        if first is not None:
             await _handle(connection, actor, first)
         connection.session = _session_check(who)
         connection.check_at = asyncio.get_running_loop().time() + SESSION_CHECK_S
         await _send_and_receive(connection, actor)
     finally:
         live.hub.unregister(connection)
+
+
+async def _start(connection: Connection, who: Account | None) -> Any:
+    """Register, then send the welcome and the replay; returns the first message if it was not
+    a hello. (Its own frame: the welcome, counters and replay frames are not kept for the
+    socket's lifetime, which for a wall display is days.)"""
+    hub = runtime().live.hub
+    position, counters = hub.register(connection)
+    first = await _first_message()
+    hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
+    welcome = {
+        "type": "welcome",
+        "role": str(connection.role or "display"),
+        "area": who.area if who else None,
+        "last_event_id": position,
+        "counters": counters,
+    }
+    replay = (
+        [] if hello is None else await _replay(connection, hello.get("last_event_id"), position)
+    )
+    if hello is not None and (parent := _parent_code(hello.get("parent"))) is not None:
+        hub.follow(connection, parent)
+    # Live frames held since ``register`` come after these (welcome, then replay in order).
+    connection.go_live([encode(welcome), *replay])
+    return first if hello is None else None
 
 
 async def _send_and_receive(connection: Connection, actor: Actor | None) -> None:
