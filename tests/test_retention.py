@@ -1,7 +1,9 @@
 """The events outbox keeps what is younger than the retention period, a partition at a time, and
 reads across partition boundaries as if it were one table."""
 
+import asyncio
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +15,7 @@ from traitortrack.db.retention import (
     AHEAD,
     PARTITION_IDS,
     RETENTION_LOCK_KEY,
+    EventRetention,
     last_id,
     maintain,
     partitions,
@@ -133,3 +136,38 @@ async def test_a_client_resuming_from_a_dropped_event_is_told_to_resync(
         await _receive_until(ws, "welcome")
         with pytest.raises(TimeoutError):
             await _receive_until(ws, "resync", seconds=0.5)
+
+
+class Heard(logging.Handler):
+    """The records of one message, and an event set at the first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message, self.records, self.first = message, [], asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == self.message:
+            self.records.append(record)
+            self.first.set()
+
+
+async def test_the_workers_job_drops_expired_partitions_and_says_so(engine):
+    await _add_events(engine, 1, [60])
+    await _add_events(engine, SECOND, [0])
+    heard, log = (
+        Heard("event partitions maintained"),
+        logging.getLogger("traitortrack.db.retention"),
+    )
+    log.addHandler(heard)
+    log.setLevel(logging.INFO)
+    job = EventRetention.start(engine, RETENTION, lambda: NOW)
+    try:
+        async with asyncio.timeout(10):
+            await heard.first.wait()
+    finally:
+        await job.stop()
+        log.removeHandler(heard)
+        log.setLevel(logging.NOTSET)
+    [record] = heard.records
+    assert record.partitions_dropped == ["from_0", "from_1"]
+    assert await _event_ids(engine) == [SECOND]

@@ -171,8 +171,8 @@ async def _run(engine: AsyncEngine, retention: timedelta, clock: Callable[[], da
                 log.info(
                     "event partitions maintained",
                     extra={
-                        "created": [p.name for p in done.created],
-                        "dropped": [p.name for p in done.dropped],
+                        "partitions_created": [p.name for p in done.created],
+                        "partitions_dropped": [p.name for p in done.dropped],
                     },
                 )
         except (DBAPIError, OSError) as error:
