@@ -32,7 +32,7 @@ PARTITION_IDS = 4_000_000  # about seven hours of scanning at 500 scans/s; weeks
 AHEAD = 2
 MAINTAIN_EVERY_S = 300.0
 # Dropping a partition briefly locks ``event``: never queue the scan path behind a long reader.
-LOCK_TIMEOUT = "500ms"
+LOCK_TIMEOUT = "200ms"
 # Any constant shared by all workers; spells "ttevent" in ASCII.
 RETENTION_LOCK_KEY = 0x74746576656E74
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
