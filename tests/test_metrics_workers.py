@@ -3,6 +3,7 @@ it counts every worker, and a worker that dies stops counting in the gauges but 
 counters (multiprocess mode, see traitortrack/monitoring/prometheus.py)."""
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import time
 import uuid
 
 import httpx
+import psutil
 import pytest
 
 from tests.browser import server_env
@@ -22,12 +24,15 @@ ADMIN_PASSWORD = "Browser-pass1"  # tests/browser.py server_env
 
 
 def _workers(server: AppServer) -> list[int]:
-    """The worker processes (spawned children running the app, not the runner)."""
-    return [
-        process.pid
-        for process in server.tree()
-        if "spawn_main" in (line := " ".join(process.cmdline())) and "resource_tracker" not in line
-    ]
+    """The worker processes (spawned children running the app, not the runner); a killed one
+    not yet reaped (a zombie) is not counted."""
+    found = []
+    for process in server.tree():
+        with contextlib.suppress(psutil.Error):
+            line = " ".join(process.cmdline())
+            if "spawn_main" in line and "resource_tracker" not in line:
+                found.append(process.pid)
+    return found
 
 
 def _value(body: str, name: str, labels: str = "") -> float:
@@ -113,7 +118,12 @@ async def test_every_scrape_counts_every_worker_even_after_one_dies(settings, tm
                 break
             await asyncio.sleep(0.2)
         await server.wait_ready()
-        await asyncio.sleep(2)
+        # The new worker counts itself once its start-up is done (slow on a busy machine).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _value((await _scrapes(server, 1))[0], "traitortrack_workers") == 2:
+                break
+            await asyncio.sleep(0.2)
         for body in await _scrapes(server, 6):
             assert _value(body, "traitortrack_workers") == 2
             assert _value(body, "traitortrack_scans_total", 'kind="parent",outcome="ok"') == 5

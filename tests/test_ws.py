@@ -230,7 +230,7 @@ async def test_a_scanner_is_sent_what_others_do_to_its_parent_and_nothing_else_o
         await _scan(theirs, "s2", "OTHER1", "SB10002")  # same area, another parent
         await _scan(theirs, "s3", "THEIRS1", "SB10001")  # into ravi's parent
 
-        seen = await _receive_until(mine, "events")
+        seen = await _receive_until(mine, "events", seconds=10)
 
         assert [(e["kind"], e["data"]["child"]) for e in seen["events"]] == [
             ("child.linked", "THEIRS1")
@@ -253,7 +253,7 @@ async def test_a_scanner_that_names_its_parent_in_the_hello_follows_it_at_once(a
             await _receive_until(mine, "welcome")
             await _scan(theirs, "s2", "THEIRS1", "SB10001")
 
-            seen = await _receive_until(mine, "events")
+            seen = await _receive_until(mine, "events", seconds=10)
 
     assert [e["data"]["child"] for e in seen["events"]] == ["THEIRS1"]
 
