@@ -1,6 +1,6 @@
 from sqlalchemy import text
 
-from traitortrack.realtime.outbox import OutboxReader, newest_id
+from traitortrack.realtime.outbox import HOLE_EDGE, OutboxReader, newest_id
 
 INSERT = text(
     "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
@@ -67,3 +67,23 @@ async def test_the_reader_delivers_each_event_once(engine):
         await writer.commit()
         assert [e.id for e in await reader.poll(poll)] == ids
         assert await reader.poll(poll) == []
+
+
+async def test_a_jump_of_the_id_sequence_is_passed_with_a_bounded_watch_on_its_edges(engine):
+    ticks = Ticks()
+    reader = await _reader(engine, ticks)
+    async with engine.connect() as slow, engine.connect() as fast, engine.connect() as poll:
+        straggler = (await slow.execute(INSERT)).scalar_one()  # in flight during the jump
+        await fast.execute(text("SELECT setval(pg_get_serial_sequence('event', 'id'), 5000000)"))
+        after_jump = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        assert await reader.poll(poll) == []
+        ticks.now = 3.5
+        assert [e.id for e in await reader.poll(poll)] == [after_jump]
+
+        # Five million skipped ids: only the edges are watched (memory, and the query's array).
+        assert len(reader._skipped) <= 2 * HOLE_EDGE
+        await slow.commit()
+        assert [e.id for e in await reader.late(poll)] == [straggler]
+        ticks.now = 3.5 + reader.watch_s
+        assert await reader.late(poll) == [] and reader._skipped == {}

@@ -8,8 +8,9 @@ when the hole was first seen has ended (``pg_snapshot_xmin`` has passed that sna
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import text
@@ -18,6 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from traitortrack.domain.events import Event
 
 BATCH = 500
+# Of a hole, the ids watched for a late commit at each end: a hole wider than this is a jump of
+# the sequence (setval, a restore), and only ids next to ones handed out can still commit.
+HOLE_EDGE = 1_000
+MAX_WATCHED = 10_000  # skipped ids watched at once (the oldest are let go first)
 
 _POLL = text(
     """
@@ -101,17 +106,28 @@ class OutboxReader:
                     break
                 if xmin < self._hole[1] and now - self._hole[2] < self.grace_s:
                     break  # a transaction that may still fill the hole is running
-                self._skipped.update(dict.fromkeys(range(missing, row.id), now))
+                self._watch(missing, row.id, now)
             self._hole = None
             ready.append(to_event(row))
             self.position = row.id
         await conn.rollback()
         return ready
 
+    def _watch(self, first: int, end: int, now: float) -> None:
+        """Keep an eye on the skipped ids ``first`` up to ``end`` (bounded in number)."""
+        ids: Iterable[int] = range(first, end)
+        if end - first > 2 * HOLE_EDGE:
+            ids = chain(range(first, first + HOLE_EDGE), range(end - HOLE_EDGE, end))
+        self._skipped.update(dict.fromkeys(ids, now))
+        while len(self._skipped) > MAX_WATCHED:
+            del self._skipped[next(iter(self._skipped))]
+
     async def late(self, conn: AsyncConnection) -> list[Event]:
         """Skipped ids that committed after all (below ``position``: deliver them as they are)."""
         now = self.clock()
-        self._skipped = {i: t for i, t in self._skipped.items() if now - t < self.watch_s}
+        # Ids were added in time order: the ones watched long enough are at the front.
+        while self._skipped and now - next(iter(self._skipped.values())) >= self.watch_s:
+            del self._skipped[next(iter(self._skipped))]
         if not self._skipped:
             return []
         rows = await conn.execute(_LATE, {"ids": list(self._skipped)})
