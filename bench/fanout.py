@@ -33,8 +33,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.docs import DOC, write_section
-from bench.live import scratch_database
+from bench.scratch import publish, scratch_database
 from bench.ws_load import TARGET_P99_MS, Load, Phase, measure, passed, start_servers
 from traitortrack.realtime.hub import COALESCE_HZ, COUNTERS_HZ
 
@@ -150,10 +149,7 @@ async def main_async(args: argparse.Namespace) -> bool:
                     await capacity(name, workers, processes, args, database_url, Path(directory))
                 )
     body = report(results, args, load)
-    print(body)
-    if args.write:
-        write_section(HEADING, "python -m bench fanout", "bench/fanout.py", body, postgres)
-        print(f"written to {DOC}")
+    publish(body, args.write, HEADING, "python -m bench fanout", "bench/fanout.py", postgres)
     one = results[0].deliveries
     return bool(one) and all(r.deliveries >= TARGET_RATIO * one for r in results[1:])
 

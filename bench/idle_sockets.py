@@ -16,7 +16,6 @@ import asyncio
 import os
 import platform
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import uvloop
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, websocket
 
-from bench.docs import DOC, write_section
-from bench.live import Server, login, scratch_database
+from bench.live import Server, login
+from bench.scratch import in_scratch, publish
 from bench.ws_load import ReadingWall, open_reading_wall, start_servers
 
 HEADING = "## Memory per idle websocket (issue 8, target 6)"
@@ -133,14 +132,9 @@ def report(results: list[list[float]], args: argparse.Namespace) -> tuple[str, b
 
 
 async def main_async(args: argparse.Namespace) -> bool:
-    async with scratch_database() as (database_url, postgres):
-        with tempfile.TemporaryDirectory(prefix="tt-idle-") as directory:
-            results = await run(args, database_url, Path(directory))
+    results, postgres = await in_scratch("tt-idle-", lambda url, path: run(args, url, path))
     body, verdict = report(results, args)
-    print(body)
-    if args.write:
-        write_section(HEADING, "python -m bench idle", "bench/idle_sockets.py", body, postgres)
-        print(f"written to {DOC}")
+    publish(body, args.write, HEADING, "python -m bench idle", "bench/idle_sockets.py", postgres)
     return verdict
 
 

@@ -15,14 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import websockets
-from sqlalchemy.engine import make_url
 
-from bench.scan_throughput import libpq_url, server_url
-from traitortrack.config import Settings, normalize_database_url
+from traitortrack.config import Settings
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
 from traitortrack.domain.roles import Role
@@ -35,21 +32,6 @@ PARENT_CODES = 99_999
 PARENTS_PER_SCANNER = 8  # a scanner rotates over its parents: neighbours rarely share a lock
 ROOT = Path(__file__).resolve().parents[1]
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@contextlib.asynccontextmanager
-async def scratch_database() -> AsyncIterator[tuple[str, str]]:
-    """A new, empty database on the test server: (SQLAlchemy URL, server version); dropped after."""
-    server = server_url()
-    name = f"tt_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(libpq_url(server, make_url(server).database or "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        version = await admin.fetchval("SHOW server_version")
-        yield normalize_database_url(libpq_url(server, name)), version
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 # The server --------------------------------------------------------------------------------

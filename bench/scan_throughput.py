@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from bench.docs import DOC, write_section
-from traitortrack.config import Settings, normalize_database_url
+from bench.scratch import in_scratch, libpq_url, publish
+from traitortrack.config import Settings
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
 from traitortrack.domain.roles import Role
@@ -74,16 +75,6 @@ class Phase:
 
     def percentile(self, p: int) -> float:
         return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[p - 1]
-
-
-def server_url() -> str:
-    return os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def libpq_url(url: str, database: str) -> str:
-    return (make_url(url).set(drivername="postgresql", database=database)).render_as_string(
-        hide_password=False
-    )
 
 
 def parent_codes(first: int, count: int, prefix: str = "SB") -> list[str]:
@@ -224,32 +215,22 @@ def report(raw: Phase, service: Phase, args: argparse.Namespace, pool: str, load
     )
 
 
-def write_doc(body: str, postgres: str) -> None:
-    write_section(HEADING, "python -m bench scan", "bench/scan_throughput.py", body, postgres)
-
-
 async def main_async(args: argparse.Namespace) -> None:
-    server, load = server_url(), os.getloadavg()[0]
-    name = f"tt_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(libpq_url(server, make_url(server).database or "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        settings = Settings(database_url=normalize_database_url(libpq_url(server, name)))
+    load = os.getloadavg()[0]
+
+    async def measure(database_url: str, _: Path) -> tuple[Phase, Phase, str]:
+        print(f"scratch database: {args.scans} scans per path, {args.concurrency} workers")
+        settings = Settings(database_url=database_url)
         pool = (
             f"{settings.db_pool_size + settings.db_max_overflow} ({settings.db_pool_size} "
             f"+ {settings.db_max_overflow} overflow, as the app)"
         )
-        print(f"scratch database {name}: {args.scans} scans per path, {args.concurrency} workers")
-        raw, service = await run(args, settings, libpq_url(server, name))
-        postgres = await admin.fetchval("SHOW server_version")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        raw_url = libpq_url(database_url, make_url(database_url).database or "")
+        return *await run(args, settings, raw_url), pool
+
+    (raw, service, pool), postgres = await in_scratch("tt-scan-", measure)
     body = report(raw, service, args, pool, load)
-    print(body)
-    if args.write:
-        write_doc(body, postgres)
-        print(f"written to {DOC}")
+    publish(body, args.write, HEADING, "python -m bench scan", "bench/scan_throughput.py", postgres)
 
 
 def main(argv: list[str] | None = None) -> int:

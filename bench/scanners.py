@@ -28,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +39,6 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from bench.docs import DOC, write_section
 from bench.live import (
     AREAS,
     PARENTS_PER_SCANNER,
@@ -51,7 +49,6 @@ from bench.live import (
     login,
     machine_busy,
     scanner_name,
-    scratch_database,
     start_server,
 )
 from bench.scan_throughput import (
@@ -59,11 +56,11 @@ from bench.scan_throughput import (
     Phase,
     add_parents,
     drive,
-    libpq_url,
     parent_codes,
     raw_scan,
     work_items,
 )
+from bench.scratch import in_scratch, libpq_url, publish
 from traitortrack.config import Settings
 
 TARGET_RATIO = 1.0
@@ -549,16 +546,13 @@ def plot(run: Run, path: Path) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
-    async with scratch_database() as (database_url, postgres):
-        with tempfile.TemporaryDirectory(prefix="tt-scanners-") as directory:
-            print(f"scratch database; {args.sockets} scanner sockets", flush=True)
-            result = await run(args, database_url, Path(directory))
-    body = report(result, args, load)
-    print(body)
+    print(f"scratch database; {args.sockets} scanner sockets", flush=True)
+    result, postgres = await in_scratch("tt-scanners-", lambda url, path: run(args, url, path))
     if args.write:
         plot(result, PLOT)
-        write_section(HEADING, "python -m bench scanners", "bench/scanners.py", body, postgres)
-        print(f"written to {DOC} and {PLOT}")
+        print(f"plot: {PLOT}")
+    body = report(result, args, load)
+    publish(body, args.write, HEADING, "python -m bench scanners", "bench/scanners.py", postgres)
 
 
 def main(argv: list[str] | None = None) -> int:

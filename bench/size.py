@@ -33,9 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.docs import DOC, write_section
-from bench.live import scratch_database
-from bench.scan_throughput import libpq_url, server_url
+from bench.docs import DOC
+from bench.scratch import libpq_url, publish, scratch_database, server_url
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
@@ -393,10 +392,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await base_engine.dispose()
             await full_engine.dispose()
     body, passed = report(base, full, seeding, args.history, load)
-    print(body)
-    if args.write:
-        write_section(HEADING, "python -m bench size", "bench/size.py", body, postgres)
-        print(f"written to {DOC}")
+    publish(body, args.write, HEADING, "python -m bench size", "bench/size.py", postgres)
     return 0 if passed else 1
 
 

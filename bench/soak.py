@@ -15,14 +15,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import uvloop
 
-from bench.docs import DOC, write_section
-from bench.live import scratch_database
+from bench.scratch import in_scratch, publish
 from bench.ws_load import Load, Phase, measure, start_servers
 
 HEADING = "## Soak: memory over time (issue 8, target 6)"
@@ -94,14 +92,9 @@ def report(windows: list[Phase], args: argparse.Namespace, load: float) -> tuple
 
 async def main_async(args: argparse.Namespace) -> bool:
     load = os.getloadavg()[0]
-    async with scratch_database() as (database_url, postgres):
-        with tempfile.TemporaryDirectory(prefix="tt-soak-") as directory:
-            windows = await run(args, database_url, Path(directory))
+    windows, postgres = await in_scratch("tt-soak-", lambda url, path: run(args, url, path))
     body, verdict = report(windows, args, load)
-    print(body)
-    if args.write:
-        write_section(HEADING, "python -m bench soak", "bench/soak.py", body, postgres)
-        print(f"written to {DOC}")
+    publish(body, args.write, HEADING, "python -m bench soak", "bench/soak.py", postgres)
     return verdict
 
 

@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from typing import cast
 import uvloop
 import websockets
 
-from bench.docs import DOC, write_section
 from bench.live import (
     AREAS,
     AckSocket,
@@ -45,10 +43,10 @@ from bench.live import (
     login,
     machine_busy,
     scanner_name,
-    scratch_database,
     start_server,
     upgrade_request,
 )
+from bench.scratch import in_scratch, publish
 
 TARGET_P99_MS = 250.0
 HEADING = "## Wall displays under load, {workers} (issue 8, target 4)"
@@ -350,23 +348,15 @@ def report(phases: tuple[Phase, Phase], args: argparse.Namespace, load: float) -
     )
 
 
-def write_doc(body: str, postgres: str, workers: int) -> None:
-    heading = HEADING.format(workers="one worker" if workers == 1 else f"{workers} workers")
-    command = "python -m bench walls" + (f" --workers {workers} --redis URL" if workers > 1 else "")
-    write_section(heading, command, "bench/ws_load.py", body, postgres)
-
-
 async def main_async(args: argparse.Namespace) -> bool:
     load = os.getloadavg()[0]
-    async with scratch_database() as (database_url, postgres):
-        with tempfile.TemporaryDirectory(prefix="tt-walls-") as directory:
-            print(f"scratch database; {args.walls} walls at {args.rate} scans/s", flush=True)
-            phases = await run(args, database_url, Path(directory))
+    print(f"scratch database; {args.walls} walls at {args.rate} scans/s", flush=True)
+    phases, postgres = await in_scratch("tt-walls-", lambda url, path: run(args, url, path))
+    workers = args.workers
+    heading = HEADING.format(workers="one worker" if workers == 1 else f"{workers} workers")
+    command = "python -m bench walls" + (f" --workers {workers} --redis URL" if workers > 1 else "")
     body = report(phases, args, load)
-    print(body)
-    if args.write:
-        write_doc(body, postgres, args.workers)
-        print(f"written to {DOC}")
+    publish(body, args.write, heading, command, "bench/ws_load.py", postgres)
     return passed(phases[1], args.rate)
 
 
