@@ -57,7 +57,12 @@ ACTION = "link_child"
 # answers already recorded for the batch's client ids. ``stale`` marks a parent that another
 # transaction changed after this statement's snapshot was taken (the lock waited for it, or it
 # committed just before): the children read in the same snapshot may then be out of date.
-_READ = """
+# The scanned children, with the parent each is in (the codes are parameter ``$n``).
+_CHILDREN = """
+    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
+    WHERE b.code = ANY(${n}::text[])
+"""
+_READ = f"""
     WITH locked AS (
         SELECT id, code, kind, area, child_count, status, xmin::text AS version FROM bag
         WHERE code = ANY($1::text[]) ORDER BY id FOR UPDATE
@@ -70,19 +75,16 @@ _READ = """
     UNION ALL
     SELECT 'child', b.id, b.code, b.kind, NULL, b.child_count, NULL, NULL, p.code,
            NULL, NULL, NULL, NULL, NULL, NULL
-    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
-    WHERE b.code = ANY($2::text[])
+    {_CHILDREN.format(n=2)}
     UNION ALL
     SELECT 'stored', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            s.user_id, s.client_id, s.outcome, s.message, s.error, s.result
     FROM unnest($3::bigint[], $4::text[]) AS k(user_id, client_id)
     JOIN scan AS s ON s.user_id = k.user_id AND s.client_id = k.client_id
 """
-_FIND_CHILDREN = """
-    SELECT b.code, b.id, b.kind, b.child_count, p.code AS parent_code
-    FROM bag AS b LEFT JOIN link AS l ON l.child_id = b.id LEFT JOIN bag AS p ON p.id = l.parent_id
-    WHERE b.code = ANY($1::text[])
-"""
+_FIND_CHILDREN = (
+    "SELECT b.code, b.id, b.kind, b.child_count, p.code AS parent_code" + _CHILDREN.format(n=1)
+)
 # Rows are inserted in code order so that concurrent batches take index locks in one order.
 _WRITE = """
     WITH created AS (
@@ -367,18 +369,19 @@ class GroupCommit:
         return True
 
     async def _attempt(self, pg: asyncpg.Connection, batch: list[ChildScan]) -> list[Result]:
+        child_codes = sorted({s.child for s in batch})
         async with pg.transaction():
             rows = await pg.fetch(
                 _READ,
                 sorted({s.parent for s in batch}),
-                sorted({s.child for s in batch}),
+                child_codes,
                 [s.actor.user_id for s in batch],
                 [s.client_id for s in batch],
             )
             parents = [row for row in rows if row["what"] == "parent"]
             children = [row for row in rows if row["what"] == "child"]
             if any(row["stale"] for row in parents):  # read them again, after the locks
-                children = await pg.fetch(_FIND_CHILDREN, sorted({s.child for s in batch}))
+                children = await pg.fetch(_FIND_CHILDREN, child_codes)
             stored = {
                 (row["user_id"], row["client_id"]): stored_result(row)
                 for row in rows
