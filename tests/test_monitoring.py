@@ -362,6 +362,29 @@ def test_latency_windows_merge_across_workers_and_forget_after_a_minute():
     assert a.summary() == {"p50": None, "p95": None, "p99": None}
 
 
+def test_the_history_keeps_the_last_hour_oldest_first_in_memory_allocated_once():
+    import tracemalloc
+
+    from traitortrack.monitoring.windows import History
+
+    history = History(("scans", "p99"), points=4)
+    assert history.columns() == {"t": [], "series": {"scans": [], "p99": []}}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for second in range(10):
+            history.append(float(second), [second * 10, None if second % 2 else second / 2])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 512, f"appending grew memory by {grown} bytes"
+    assert len(history) == 4
+    assert history.columns() == {
+        "t": [6.0, 7.0, 8.0, 9.0],
+        "series": {"scans": [60.0, 70.0, 80.0, 90.0], "p99": [3.0, None, 4.0, None]},
+    }
+
+
 @pytest.mark.parametrize("production", [True])
 def test_settings_read_the_scrape_token_from_the_environment(production):
     from traitortrack.config import Settings

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ from traitortrack.config import Settings
 from traitortrack.db.gauges import database_status, pool_status, usage_level
 from traitortrack.domain.roles import Role
 from traitortrack.monitoring import probes, prometheus
-from traitortrack.monitoring.windows import LatencyWindow, merge, percentiles
+from traitortrack.monitoring.windows import History, LatencyWindow, merge, percentiles
 from traitortrack.realtime.live import Live
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,7 @@ class Monitor:
     live: Live
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     latest: dict[str, Any] = field(default_factory=dict)
-    history: deque[tuple[float, tuple[float | None, ...]]] = field(
-        default_factory=lambda: deque(maxlen=HISTORY_POINTS)
-    )
+    history: History = field(default_factory=lambda: History(tuple(SERIES), HISTORY_POINTS))
     fanout: LatencyWindow = field(default_factory=LatencyWindow)
     _process: psutil.Process = field(default_factory=psutil.Process)
     _database: dict[str, Any] | None = None
@@ -132,7 +129,7 @@ class Monitor:
         sample = self._sample()
         view = self._merge(await self._share(sample))
         self.latest = view
-        self.history.append((view["t"], tuple(read(view) for read in SERIES.values())))
+        self.history.append(view["t"], [read(view) for read in SERIES.values()])
 
     def set_gauges(self) -> dict[str, Any]:
         """This worker's current gauges (also run right before a scrape, so it is current)."""
@@ -282,14 +279,6 @@ class Monitor:
             "slow_query_ms": self.settings.slow_query_ms,
             "memory_bytes": sum(s["rss"] for s in samples),
             "cpu_pct": round(sum(s["cpu_pct"] for s in samples), 1),
-        }
-
-    def history_columns(self) -> dict[str, Any]:
-        """The last hour as columns: ``{"t": [...], "series": {name: [...]}}``."""
-        points = list(self.history)
-        return {
-            "t": [t for t, _ in points],
-            "series": {name: [values[i] for _, values in points] for i, name in enumerate(SERIES)},
         }
 
 

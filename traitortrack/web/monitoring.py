@@ -39,7 +39,7 @@ async def system_health() -> str:
 async def system_health_history() -> Response:
     monitor = runtime().monitor
     assert monitor is not None
-    return jsonify(history=monitor.history_columns(), latest=monitor.latest)
+    return jsonify(history=monitor.history.columns(), latest=monitor.latest)
 
 
 def _scrape_token_ok() -> bool:
