@@ -37,20 +37,75 @@ _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 # The server --------------------------------------------------------------------------------
 
 
+class CpuLimit:
+    """A CPU cgroup that caps the processes started in it (a server and its workers) at
+    ``cores`` of a CPU, so that a benchmark measures what a server does with a known share of
+    the machine, not what is left of it after the load generator and the database."""
+
+    PERIOD_US = 10_000  # a short period: a capped server is paused for at most a few ms at once
+
+    def __init__(self, cores: float) -> None:
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        quota = max(1_000, round(cores * self.PERIOD_US))
+        name = f"traitortrack-bench-{uuid.uuid4().hex[:8]}"
+        try:
+            if (v1 / "cpu.cfs_quota_us").exists():
+                self.path = v1 / name
+                self.path.mkdir()
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
+                (v2 / "cgroup.subtree_control").write_text("+cpu")
+                self.path = v2 / name
+                self.path.mkdir()
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            else:
+                raise OSError("no cgroup CPU controller")
+        except OSError as error:
+            raise RuntimeError(
+                f"capping a server's CPU needs a cgroup CPU controller it may write to (run as "
+                f"root): {error}. Pass --worker-cpu 0 to measure without a cap."
+            ) from error
+
+    def enter(self) -> None:
+        """Move the calling process into the cgroup (a child, before it runs the server)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        """Remove the cgroup once the processes killed in it have left it."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.1)
+
+
 class Server:
     def __init__(
-        self, env: dict[str, str], workers: int, log: Path, asgi_app: str | None = None
+        self,
+        env: dict[str, str],
+        workers: int,
+        log: Path,
+        asgi_app: str | None = None,
+        cpu_cores: float = 0.0,
     ) -> None:
-        """``traitortrack serve``, or plain Hypercorn serving ``asgi_app`` ("module:name")."""
+        """``traitortrack serve``, or plain Hypercorn serving ``asgi_app`` ("module:name");
+        capped at ``cpu_cores`` of a CPU if given."""
         with socket_port() as port:
             self.port = port
         self.env, self.log = env, log  # another app process on the same database takes ``env``
+        self.cpu = cpu = CpuLimit(cpu_cores) if cpu_cores else None
         serve = (["traitortrack", "serve", "--workers", str(workers)] if asgi_app is None
                  else ["hypercorn", "--worker-class", "uvloop", asgi_app])  # fmt: skip
         self.process = subprocess.Popen(
             [sys.executable, "-m", *serve, "--bind", f"127.0.0.1:{self.port}"],
             env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=cpu.enter if cpu else None,
         )  # fmt: skip
 
     @property
@@ -93,6 +148,8 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, 9)
         self.process.wait(10)
+        if self.cpu is not None:
+            self.cpu.remove()
 
 
 @contextlib.contextmanager
@@ -127,9 +184,14 @@ def scanner_name(area: str) -> str:
 
 
 async def start_server(
-    database_url: str, directory: Path, workers: int, redis_url: str | None
+    database_url: str,
+    directory: Path,
+    workers: int,
+    redis_url: str | None,
+    cpu_cores: float = 0.0,
 ) -> Server:
-    """Migrate the scratch database, add the bench's users, start the app and wait for it."""
+    """Migrate the scratch database, add the bench's users, start the app (capped at
+    ``cpu_cores`` of a CPU if given) and wait for it."""
     engine = create_engine(Settings(database_url=database_url))
     await migrate(engine)
     await create_user(engine, "wall", PASSWORD, Role.SUPERVISOR, None, 4)
@@ -148,7 +210,7 @@ async def start_server(
     }
     if redis_url:
         env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": f"tt-bench:{uuid.uuid4().hex[:8]}"}
-    server = Server(env, workers, directory / "server.log")
+    server = Server(env, workers, directory / "server.log", cpu_cores=cpu_cores)
     try:
         await server.ready()
     except BaseException:

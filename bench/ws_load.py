@@ -276,14 +276,22 @@ def passed(phase: Phase, rate: float) -> bool:
 
 
 async def start_servers(
-    database_url: str, directory: Path, workers: int, processes: int, redis: str | None
+    database_url: str,
+    directory: Path,
+    workers: int,
+    processes: int,
+    redis: str | None,
+    worker_cpu: float = 0.0,
 ) -> list[Server]:
-    """``processes`` app processes of ``workers`` each on one database (and one Redis prefix)."""
-    first = await start_server(database_url, directory, workers, redis)
+    """``processes`` app processes of ``workers`` each on one database (and one Redis prefix);
+    with ``worker_cpu``, each process capped at that share of a CPU per worker."""
+    cores = worker_cpu * workers
+    first = await start_server(database_url, directory, workers, redis, cores)
     servers = [first]
     try:
         for n in range(1, processes):
-            servers.append(Server(first.env, workers, directory / f"server-{n}.log"))
+            log = directory / f"server-{n}.log"
+            servers.append(Server(first.env, workers, log, cpu_cores=cores))
             await servers[-1].ready()
     except BaseException:
         for server in servers:

@@ -1,8 +1,13 @@
-"""The benchmarks' own machinery: the hand-rolled websocket frames and the profile summary."""
+"""The benchmarks' own machinery: the hand-rolled websocket frames, the profile summary and
+the CPU cap."""
 
 import asyncio
+import subprocess
+import sys
 
-from bench.live import AckSocket, _frame_at, client_frame
+import pytest
+
+from bench.live import AckSocket, CpuLimit, _frame_at, client_frame
 from bench.scanners import Result, Tally, summarize
 
 
@@ -52,3 +57,21 @@ def test_the_profile_summary_ranks_own_and_inclusive_time():
     own = summary.split("Own time")[1].split("Inclusive")[0]
     assert own.index("scan (b.py:2)") < own.index("run (a.py:1)")
     assert "100.0 %  run (a.py:1)" in summary.split("Inclusive")[1]
+
+
+def test_a_cpu_limit_holds_the_processes_started_in_it_to_their_share():
+    try:
+        limit = CpuLimit(0.2)
+    except RuntimeError as error:
+        pytest.skip(f"no writable cgroup CPU controller here: {error}")
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass\n"
+    spin += "print(time.process_time())"
+    try:
+        busy = subprocess.run(
+            [sys.executable, "-c", spin], preexec_fn=limit.enter, capture_output=True, check=True
+        )
+    finally:
+        limit.remove()
+    # 1.5 s of spinning at a fifth of a CPU: about 0.3 s of CPU (uncapped it would be 1.5 s).
+    assert float(busy.stdout) < 0.6
+    assert not limit.path.exists()
