@@ -283,3 +283,28 @@ async def test_a_scanner_socket_closes_once_its_sessions_are_revoked(app, engine
                     await scanner.receive()
     # Within the check interval plus one sweep, not at some later tick.
     assert asyncio.get_running_loop().time() - revoked < 0.2 + live.SWEEP_EVERY_S + 1.5
+
+
+async def test_an_open_socket_keeps_nothing_of_its_handshake_and_leaves_the_hub_when_closed(
+    app, engine
+):
+    import gc
+
+    from quart.ctx import WebsocketContext
+    from quart.wrappers import Websocket
+
+    from traitortrack.runtime import runtime
+
+    hub = runtime(app.app).live.hub
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws?view=scanner") as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        await _receive_until(ws, "welcome")
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, Websocket | WebsocketContext)]
+        assert kept == []  # no request object, headers, cookies, session or context
+        assert (await _scan(ws, "p", "SB40001"))["outcome"] == "ok"  # still served
+        assert len(hub.connections) == 1
+    async with asyncio.timeout(3):
+        while hub.connections:  # noqa: ASYNC110  (the client went away: its life ends)
+            await asyncio.sleep(0.01)

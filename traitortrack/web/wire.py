@@ -1,7 +1,14 @@
-"""Getting a text frame onto a websocket for as little CPU as possible.
+"""A websocket's life under Quart, for as little memory and CPU as possible.
 
-A wall display costs its worker a dozen frames a second, so the per-frame path decides how
-many walls a worker keeps. Quart's ``websocket.send`` yields to the loop, re-checks the
+A worker holds thousands of idle wall displays, for days. Quart's own websocket connection
+keeps, per socket, a receiving task, a handler task, an asyncio queue (four deques) and, for
+the socket's whole life, the handshake's request object, contexts and session. Here Quart runs
+the handshake only (the view checks the origin, the session, and accepts); the view then hands
+the socket off (``hand_off``) and its life is served on the server's own task for the
+connection, reading the server's ``receive`` directly, with nothing of the handshake kept.
+
+Frames: a wall display costs its worker a dozen frames a second, so the per-frame path decides
+how many walls a worker keeps. Quart's ``websocket.send`` yields to the loop, re-checks the
 handshake and fires a signal; under it Hypercorn builds events, frames the message with
 wsproto and takes a lock per frame. Server frames are unmasked (RFC 6455 §5.1), so the bytes
 of a frame are the same for every socket: here they are built once per frame (the hub sends
@@ -13,42 +20,93 @@ That reaches one level under ASGI, into Hypercorn's HTTP/1.1 websocket stream; a
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import Quart
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketScope
+from quart import Quart, websocket
+from quart.asgi import ASGIWebsocketConnection
+from werkzeug.datastructures import Headers
 
 SEND_TIMEOUT_S = 10.0
 HIGH_WATER = 64 * 1024  # bytes buffered for a socket before a send waits for the client
-ASGI_SEND = "traitortrack.asgi_send"  # the scope key of the server's ASGI send callable
+SOCKET = "traitortrack.socket"  # the scope key of the websocket's ``Socket`` during its view
 FrameSender = Callable[[str], Awaitable[None]]
+Lifetime = Callable[["Socket"], Awaitable[None]]
 
 
-def keep_asgi_send(app: Quart) -> None:
-    """Put each websocket's ASGI ``send`` in its scope, where ``frame_sender`` finds it."""
-    serve = app.asgi_app
-
-    async def asgi_app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] == "websocket":
-            scope = {**scope, ASGI_SEND: send}  # type: ignore[typeddict-unknown-key]
-        await serve(scope, receive, send)
-
-    app.asgi_app = asgi_app  # type: ignore[method-assign]
+class Disconnected(asyncio.CancelledError):
+    """The client went away: raised where its socket is read, as Quart cancelled the handler."""
 
 
-def frame_sender(scope: Mapping[str, Any]) -> FrameSender:
-    """How this websocket's frames are sent; each send gives up after ``SEND_TIMEOUT_S`` (a
-    client that stops reading must not hold a frame, and its memory, forever)."""
-    send = scope[ASGI_SEND]
-    stream = getattr(send, "__self__", None)
-    http11 = getattr(getattr(stream, "send", None), "__self__", None)
-    writer = getattr(getattr(getattr(http11, "send", None), "__self__", None), "writer", None)
-    if isinstance(stream, WSStream) and isinstance(writer, asyncio.StreamWriter):
-        return _Socket(stream, writer).send
-    return functools.partial(_send_asgi, send)  # type: ignore[arg-type]
+class Socket(ASGIWebsocketConnection):
+    """Quart's websocket connection, lean: no tasks or queue of its own, and a view that hands
+    its socket off has it served once Quart's contexts and the request object are gone."""
+
+    def __init__(self, app: Quart, scope: WebsocketScope) -> None:
+        # Not Quart's: that makes the queue. Its websocket reads with ``queue.get``: here, the
+        # server's ``receive`` on this task (see ``receive``).
+        self.app, self.scope, self.queue = app, scope, self  # type: ignore[assignment]
+        self._accepted = self._closed = False
+        self.lifetime: Lifetime | None = None
+        self._receive: ASGIReceiveCallable
+        self._send: ASGISendCallable
+
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        self._receive, self._send = receive, send
+        self.scope[SOCKET] = self  # type: ignore[typeddict-unknown-key]
+        try:
+            # Quart's: the view (the handshake), then its refusal if it refused.
+            await self.handle_websocket(self._create_websocket_from_scope(send), send)
+            del self.scope[SOCKET]  # type: ignore[misc]
+            if (lifetime := self.lifetime) is None:
+                return
+            # Accepted here, not in the view: what the server starts on accepting (its ping
+            # task) would copy the view's context, and keep the request object and session.
+            self.lifetime = None
+            await self.accept_connection(send, Headers(), None)
+            await lifetime(self)
+            if not self._closed:
+                await self.close(1000)  # as Quart closes a socket whose handler returned
+        except Disconnected:
+            pass  # as Quart's cancelled handler ends
+
+    async def receive(self) -> str | bytes:
+        """The next message; ``Disconnected`` once the client has gone."""
+        while True:
+            event = await self._receive()
+            if event["type"] == "websocket.receive":
+                return event.get("bytes") or event.get("text") or ""
+            if event["type"] == "websocket.disconnect":
+                raise Disconnected
+
+    get = receive  # Quart's websocket (during the view) reads with ``queue.get``
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.close_connection(self._send, code, reason)
+
+    def frame_sender(self) -> "FrameSender":
+        """How this socket's frames are sent; each send gives up after ``SEND_TIMEOUT_S`` (a
+        client that stops reading must not hold a frame, and its memory, forever)."""
+        send = self._send
+        stream = getattr(send, "__self__", None)
+        http11 = getattr(getattr(stream, "send", None), "__self__", None)
+        writer = getattr(getattr(getattr(http11, "send", None), "__self__", None), "writer", None)
+        if isinstance(stream, WSStream) and isinstance(writer, asyncio.StreamWriter):
+            return _Direct(stream, writer).send
+        return functools.partial(_send_asgi, send)  # type: ignore[arg-type]
+
+
+def keep_sockets_lean(app: Quart) -> None:
+    app.asgi_websocket_class = Socket
+
+
+def hand_off(lifetime: Lifetime) -> None:
+    """Accept the websocket of this view (which then returns None) once the view and its
+    contexts are done, and serve its life with ``lifetime(socket)``."""
+    socket: Socket = websocket.scope[SOCKET]  # type: ignore[typeddict-item]
+    socket.lifetime = lifetime
 
 
 async def _send_asgi(send: ASGISendCallable, frame: str) -> None:
@@ -57,7 +115,7 @@ async def _send_asgi(send: ASGISendCallable, frame: str) -> None:
 
 
 @dataclass(slots=True)
-class _Socket:
+class _Direct:
     stream: WSStream
     writer: asyncio.StreamWriter
 

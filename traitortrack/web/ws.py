@@ -1,8 +1,10 @@
 """``/ws``: the live connection of scanners, wall displays and admins (SPEC §8).
 
-One receive task and one send task per socket; when either ends, the other is cancelled. The
-worker's session sweeper (``Live``) closes sockets whose session or display link has ended.
-The socket's audience (role, dispatch area) is decided here, once, from the session.
+The view is the handshake: it checks the origin and the session, decides the socket's audience
+(role, dispatch area) once, and hands the socket off (``wire.hand_off``), to be accepted and
+served with nothing of the handshake kept. One receive task and one send task per socket; when
+either ends, the other is cancelled. The worker's session sweeper (``Live``) closes sockets
+whose session or display link has ended.
 """
 
 import asyncio
@@ -12,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +26,7 @@ from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
 from traitortrack.realtime.hub import TOO_SLOW, Connection, SessionCheck, encode
 from traitortrack.realtime.outbox import events_between, oldest_id
-from traitortrack.runtime import runtime
+from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
 from traitortrack.services.accounts import Account, load_account
 from traitortrack.services.commands import Actor
@@ -31,7 +34,7 @@ from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.hooks import session_deadline
-from traitortrack.web.wire import frame_sender, keep_asgi_send
+from traitortrack.web.wire import Socket, hand_off, keep_sockets_lean
 
 blueprint = Blueprint("ws", __name__)
 log = logging.getLogger(__name__)
@@ -85,42 +88,45 @@ async def ws() -> Response | None:
         )
     else:
         connection = Connection(None, frozenset(display) if display else None, coalesced=True)
-    await websocket.accept()
-    await _serve(connection, who)
+    state = runtime()
+    connection.session = _session_check(state, who)
+    connection.check_at = asyncio.get_running_loop().time() + SESSION_CHECK_S
+    actor = _actor(who) if who is not None else None
+    hand_off(partial(_serve, state, connection, who.area if who else None, actor))
     return None
 
 
-async def _serve(connection: Connection, who: Account | None) -> None:
-    live = runtime().live
+async def _serve(
+    state: Runtime, connection: Connection, area: str | None, actor: Actor | None, socket: Socket
+) -> None:
     try:
-        first = await _start(connection, who)
-        actor = _actor(who) if who is not None else None
+        first = await _start(state, connection, area, socket)
         if first is not None:
-            await _handle(connection, actor, first)
-        connection.session = _session_check(who)
-        connection.check_at = asyncio.get_running_loop().time() + SESSION_CHECK_S
-        await _send_and_receive(connection, actor)
+            await _handle(state, connection, actor, first)
+        await _send_and_receive(state, connection, actor, socket)
     finally:
-        live.hub.unregister(connection)
+        state.live.hub.unregister(connection)
 
 
-async def _start(connection: Connection, who: Account | None) -> Any:
+async def _start(state: Runtime, connection: Connection, area: str | None, socket: Socket) -> Any:
     """Register, then send the welcome and the replay; returns the first message if it was not
     a hello. (Its own frame: the welcome, counters and replay frames are not kept for the
     socket's lifetime, which for a wall display is days.)"""
-    hub = runtime().live.hub
+    hub = state.live.hub
     position, counters = hub.register(connection)
-    first = await _first_message()
+    first = await _first_message(socket)
     hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
     welcome = {
         "type": "welcome",
         "role": str(connection.role or "display"),
-        "area": who.area if who else None,
+        "area": area,
         "last_event_id": position,
         "counters": counters,
     }
     replay = (
-        [] if hello is None else await _replay(connection, hello.get("last_event_id"), position)
+        []
+        if hello is None
+        else await _replay(state, connection, hello.get("last_event_id"), position)
     )
     if hello is not None and (parent := _parent_code(hello.get("parent"))) is not None:
         hub.follow(connection, parent)
@@ -129,15 +135,17 @@ async def _start(connection: Connection, who: Account | None) -> Any:
     return first if hello is None else None
 
 
-async def _send_and_receive(connection: Connection, actor: Actor | None) -> None:
+async def _send_and_receive(
+    state: Runtime, connection: Connection, actor: Actor | None, socket: Socket
+) -> None:
     """Receive on this task and send on one other; when either ends, the other is cancelled.
     (Two tasks per socket, not three: an idle wall display costs memory per task.)"""
     receiving = asyncio.current_task()
     assert receiving is not None
-    sending = asyncio.create_task(_send(connection))
+    sending = asyncio.create_task(_send(connection, socket))
     sending.add_done_callback(lambda _: receiving.cancel())
     try:
-        await _receive(connection, actor)
+        await _receive(state, connection, actor, socket)
     except asyncio.CancelledError:
         if not sending.done():
             raise  # the client went away (or the server is stopping), not the sender
@@ -154,10 +162,10 @@ def _actor(who: Account) -> Actor:
     )
 
 
-async def _first_message() -> Any:
+async def _first_message(socket: Socket) -> Any:
     try:
         async with asyncio.timeout(HELLO_WAIT_S):
-            return _parse(await websocket.receive())
+            return _parse(await socket.receive())
     except TimeoutError:
         return None
 
@@ -169,7 +177,7 @@ def _parse(raw: str | bytes) -> Any:
         return "not json"
 
 
-async def _replay(connection: Connection, last: object, position: int) -> list[str]:
+async def _replay(state: Runtime, connection: Connection, last: object, position: int) -> list[str]:
     """The frames that bring a client from ``last`` up to ``position`` (the welcome's id)."""
     if last is None:
         return []
@@ -177,7 +185,7 @@ async def _replay(connection: Connection, last: object, position: int) -> list[s
         return [_error("'last_event_id' must be a whole number or null.")]
     if last >= position:
         return []
-    async with runtime().engine.connect() as conn:
+    async with state.engine.connect() as conn:
         oldest = await oldest_id(conn)
         areas = sorted(connection.audience) if connection.audience is not None else None
         missed = await events_between(conn, last, position, areas, MAX_REPLAY + 1)
@@ -201,8 +209,8 @@ def _error(message: str) -> str:
     return encode({"type": "error", "message": message})
 
 
-async def _send(connection: Connection) -> None:
-    send = frame_sender(websocket.scope)
+async def _send(connection: Connection, socket: Socket) -> None:
+    send = socket.frame_sender()
     while (frame := await connection.next_frame()) is not None:
         await send(frame)
     # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
@@ -211,18 +219,22 @@ async def _send(connection: Connection) -> None:
     while (frame := await connection.next_frame()) is not None:
         await send(frame)
     closing = connection.closing or TOO_SLOW
-    await websocket.close(closing.code, closing.reason)
+    await socket.close(closing.code, closing.reason)
 
 
-blueprint.record_once(lambda state: keep_asgi_send(state.app))
+blueprint.record_once(lambda state: keep_sockets_lean(state.app))
 
 
-async def _receive(connection: Connection, actor: Actor | None) -> None:
+async def _receive(
+    state: Runtime, connection: Connection, actor: Actor | None, socket: Socket
+) -> None:
     while True:
-        await _handle(connection, actor, _parse(await websocket.receive()))
+        await _handle(state, connection, actor, _parse(await socket.receive()))
 
 
-async def _handle(connection: Connection, actor: Actor | None, message: Any) -> None:
+async def _handle(
+    state: Runtime, connection: Connection, actor: Actor | None, message: Any
+) -> None:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         connection.offer(_error("Messages are JSON objects with a 'type'."))
         return
@@ -237,7 +249,7 @@ async def _handle(connection: Connection, actor: Actor | None, message: Any) -> 
         elif connection.restarting:
             connection.offer(_error("The server is restarting; this was not saved. Send it again."))
         else:
-            await _save(connection, actor, message)
+            await _save(state, connection, actor, message)
     else:
         connection.offer(
             _error(
@@ -246,12 +258,13 @@ async def _handle(connection: Connection, actor: Actor | None, message: Any) -> 
         )
 
 
-async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -> None:
+async def _save(
+    state: Runtime, connection: Connection, actor: Actor, message: dict[str, Any]
+) -> None:
     connection.busy = True
     request_id = uuid.uuid4().hex
     bind_request_id(request_id)  # log lines of this scan carry the id its audit rows record
     try:
-        state = runtime()
         # Shielded: a stop must not cancel a scan halfway; the drain waits for its ack.
         ack = await asyncio.shield(
             perform(state.engine, replace(actor, request_id=request_id), message)
@@ -266,10 +279,10 @@ async def _save(connection: Connection, actor: Actor, message: dict[str, Any]) -
         connection.busy = False
 
 
-def _session_check(who: Account | None) -> SessionCheck:
+def _session_check(state: Runtime, who: Account | None) -> SessionCheck:
     """How the session sweeper re-checks this socket's right to stay open: the person's
     session, or the display link it was opened with (an admin may revoke either at any time)."""
-    engine = runtime().engine
+    engine = state.engine
     if who is not None:
         return SessionCheck(
             ("session", who.auth_id),
