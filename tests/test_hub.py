@@ -82,3 +82,15 @@ async def test_an_overflowing_socket_is_sent_only_a_resync_then_closed_as_too_sl
     assert '"type":"resync"' in (await wall.next_frame() or "")
     assert await wall.next_frame() is None
     assert wall.closing == TOO_SLOW
+
+
+def test_one_timer_pings_every_open_socket_that_can_be_pinged():
+    hub, pinged = _hub(), []
+    walls = [_wall() for _ in range(3)]
+    for n, wall in enumerate(walls[:2]):
+        wall.ping = lambda n=n: pinged.append(n)
+        hub.register(wall)
+    hub.register(walls[2])  # no ping (not on Hypercorn's HTTP/1.1 stream)
+    walls[1].restart()  # closing: nothing more is written to it but what is queued
+    hub.ping_all()
+    assert pinged == [0]

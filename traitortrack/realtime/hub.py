@@ -86,6 +86,8 @@ class Connection:
     busy: bool = False  # a scan from this socket is being saved
     # Coalesced events gathered before it registered: its welcome position covers them.
     skip_pending: int = 0
+    # Writes a websocket ping frame (proxies cut idle sockets); None where the server pings.
+    ping: Callable[[], None] | None = None
     _wake: asyncio.Future[None] | None = None  # the sender waiting for a frame
 
     @property
@@ -319,6 +321,12 @@ class Hub:
                     connection.check_at = now + session.every_s
                 else:
                     connection.end(SESSION_ENDED)
+
+    def ping_all(self) -> None:
+        """Ping every socket: one timer for the worker, not a task per socket."""
+        for connection in self.connections:
+            if connection.ping is not None and connection.closing is None:
+                connection.ping()
 
     def close_all(self) -> None:
         for connection in list(self.connections):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 METRICS_EVERY_S = 1.0
 DRAIN_POLL_S = 0.05
 SWEEP_EVERY_S = 1.0
+PING_EVERY_S = 20.0  # idle sockets are cut by proxies after 60 s or more (e.g. nginx, ELB)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Live:
             asyncio.create_task(live._flush()),
             asyncio.create_task(live._metrics()),
             asyncio.create_task(live._sweep_sessions()),
+            asyncio.create_task(live._ping()),
         ]
         return live
 
@@ -105,3 +107,8 @@ class Live:
                 await self.hub.check_sessions(asyncio.get_running_loop().time())
             except Exception:
                 log.exception("session sweep failed")
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY_S)
+            self.hub.ping_all()

@@ -15,7 +15,9 @@ of a frame are the same for every socket: here they are built once per frame (th
 one ``str`` to all the walls of an audience) and written straight to the socket's stream.
 
 That reaches one level under ASGI, into Hypercorn's HTTP/1.1 websocket stream; anywhere else
-(the test client, HTTP/2, another server) frames go through the plain ASGI ``send``.
+(the test client, HTTP/2, another server) frames go through the plain ASGI ``send``. Pings
+(proxies cut idle sockets) are written there too, by one timer per worker (``Hub.ping_all``),
+instead of Hypercorn's ping task per socket (``websocket_ping_interval``, off).
 """
 
 import asyncio
@@ -33,6 +35,7 @@ SEND_TIMEOUT_S = 10.0
 HIGH_WATER = 64 * 1024  # bytes buffered for a socket before a send waits for the client
 SOCKET = "traitortrack.socket"  # the scope key of the websocket's ``Socket`` during its view
 FrameSender = Callable[[str], Awaitable[None]]
+PING_FRAME = bytes((0x89, 0))  # final, unmasked, no payload (RFC 6455 §5.5.2)
 Lifetime = Callable[["Socket"], Awaitable[None]]
 
 
@@ -52,9 +55,10 @@ class Socket(ASGIWebsocketConnection):
         self.lifetime: Lifetime | None = None
         self._receive: ASGIReceiveCallable
         self._send: ASGISendCallable
+        self._direct: _Direct | None
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        self._receive, self._send = receive, send
+        self._receive, self._send, self._direct = receive, send, _Direct.under(send)
         self.scope[SOCKET] = self  # type: ignore[typeddict-unknown-key]
         try:
             # Quart's: the view (the handshake), then its refusal if it refused.
@@ -89,13 +93,14 @@ class Socket(ASGIWebsocketConnection):
     def frame_sender(self) -> "FrameSender":
         """How this socket's frames are sent; each send gives up after ``SEND_TIMEOUT_S`` (a
         client that stops reading must not hold a frame, and its memory, forever)."""
-        send = self._send
-        stream = getattr(send, "__self__", None)
-        http11 = getattr(getattr(stream, "send", None), "__self__", None)
-        writer = getattr(getattr(getattr(http11, "send", None), "__self__", None), "writer", None)
-        if isinstance(stream, WSStream) and isinstance(writer, asyncio.StreamWriter):
-            return _Direct(stream, writer).send
-        return functools.partial(_send_asgi, send)  # type: ignore[arg-type]
+        if self._direct is not None:
+            return self._direct.send
+        return functools.partial(_send_asgi, self._send)  # type: ignore[arg-type]
+
+    @property
+    def pinger(self) -> Callable[[], None] | None:
+        """Writes a ping frame, on Hypercorn's HTTP/1.1 stream (ASGI has no ping message)."""
+        return None if self._direct is None else self._direct.ping
 
 
 def keep_sockets_lean(app: Quart) -> None:
@@ -116,12 +121,32 @@ async def _send_asgi(send: ASGISendCallable, frame: str) -> None:
 
 @dataclass(slots=True)
 class _Direct:
+    """Frames written straight to the stream under Hypercorn's ASGI ``send``."""
+
     stream: WSStream
     writer: asyncio.StreamWriter
 
+    @classmethod
+    def under(cls, send: ASGISendCallable) -> "_Direct | None":
+        stream = getattr(send, "__self__", None)
+        http11 = getattr(getattr(stream, "send", None), "__self__", None)
+        writer = getattr(getattr(getattr(http11, "send", None), "__self__", None), "writer", None)
+        if isinstance(stream, WSStream) and isinstance(writer, asyncio.StreamWriter):
+            return cls(stream, writer)
+        return None
+
+    @property
+    def open(self) -> bool:
+        """False once closed by the client or by Hypercorn: as its own send does, drop frames."""
+        return not self.stream.closed and self.stream.state == ASGIWebsocketState.CONNECTED
+
+    def ping(self) -> None:
+        if self.open:
+            self.writer.write(PING_FRAME)
+
     async def send(self, frame: str) -> None:
-        if self.stream.closed or self.stream.state != ASGIWebsocketState.CONNECTED:
-            return  # closed by the client or by Hypercorn: as its own send does, drop it
+        if not self.open:
+            return
         self.writer.write(text_frame(frame))
         if self.writer.transport.get_write_buffer_size() > HIGH_WATER:
             async with asyncio.timeout(SEND_TIMEOUT_S):

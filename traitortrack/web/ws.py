@@ -99,6 +99,7 @@ async def ws() -> Response | None:
 async def _serve(
     state: Runtime, connection: Connection, area: str | None, actor: Actor | None, socket: Socket
 ) -> None:
+    connection.ping = socket.pinger
     try:
         first = await _start(state, connection, area, socket)
         if first is not None:
