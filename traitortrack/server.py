@@ -9,12 +9,15 @@ clients reconnect (to another worker) and resume.
 """
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import multiprocessing
 import signal
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 STOP_POLL_S = 0.1
 RESTART_BACKOFF_S = 1.0
 GC_YOUNG_THRESHOLD = 10_000  # Python's default is 700 allocations
+RELEASE_MEMORY_EVERY_S = 60.0
 
 
 class _NoCompression(PerMessageDeflate):
@@ -59,9 +63,14 @@ def _worker(config: Config, sockets: Sockets, stop: EventType) -> None:
         loop = asyncio.get_running_loop()
         for name in ("SIGINT", "SIGTERM"):
             loop.add_signal_handler(getattr(signal, name), stop.set)
+        release = free_memory_releaser()
+        released_at = loop.time()
         # A multiprocessing event cannot be awaited; polling it is what Hypercorn does too.
-        while not stop.is_set():  # noqa: ASYNC110
+        while not stop.is_set():
             await asyncio.sleep(STOP_POLL_S)
+            if release is not None and loop.time() - released_at >= RELEASE_MEMORY_EVERY_S:
+                released_at = loop.time()
+                release()
         await drain(app, config.graceful_timeout)
 
     main = worker_serve(
@@ -87,6 +96,20 @@ def _settle_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def free_memory_releaser() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None elsewhere. glibc keeps memory that was freed in the
+    middle of its heap for reuse, and a worker's heap is a patchwork of sockets, frames and
+    query results of every size: its RSS crept up by about a MB every ten minutes of a soak
+    while Python's own objects stayed flat (tracemalloc). Trimming every minute hands whole free
+    pages back to the system, in a millisecond or two."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    return None if trim is None else lambda: trim(0)
 
 
 def _route_hypercorn_logs_through_ours(config: Config) -> None:
