@@ -17,7 +17,10 @@ def test_walls_sharing_a_frame_share_its_bytes():
     assert text_frame(frame) is text_frame(frame)
 
 
-async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(tmp_path):
+@pytest.mark.parametrize("lean_hypercorn", [False, True], ids=["hypercorn", "lean-hypercorn"])
+async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(
+    lean_hypercorn, restore_hypercorn
+):
     import asyncio
     import base64
     import os
@@ -27,8 +30,11 @@ async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(tmp_
     from quart import Quart
 
     from tests.live_cluster import free_port
+    from traitortrack import lean
     from traitortrack.web.wire import Socket, hand_off, keep_sockets_lean
 
+    if lean_hypercorn:
+        assert lean.install()
     app, received = Quart(__name__), asyncio.Queue()
     keep_sockets_lean(app)
 

@@ -24,10 +24,9 @@ from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
-from hypercorn.protocol import ws_stream
 from hypercorn.utils import wrap_app
-from wsproto.extensions import PerMessageDeflate
 
+from traitortrack import lean
 from traitortrack.monitoring import multiprocess
 
 log = logging.getLogger(__name__)
@@ -38,21 +37,11 @@ GC_YOUNG_THRESHOLD = 10_000  # Python's default is 700 allocations
 RELEASE_MEMORY_EVERY_S = 60.0
 
 
-class _NoCompression(PerMessageDeflate):
-    """Declines permessage-deflate, which every browser offers and Hypercorn always accepts
-    (it has no setting: pgjones/hypercorn#307). Compression is per socket: each wall would
-    keep a zlib stream of its own (hundreds of KB) and deflate every frame on its own, where
-    the hub sends one encoded frame to all of them."""
-
-    def accept(self, offer: str) -> None:
-        return None
-
-
 def _worker(config: Config, sockets: Sockets, stop: EventType) -> None:
     from traitortrack import create_app
     from traitortrack.runtime import drain
 
-    ws_stream.PerMessageDeflate = _NoCompression  # type: ignore[misc]
+    lean.install()
     app = create_app()
     _route_hypercorn_logs_through_ours(config)
 

@@ -1,0 +1,216 @@
+"""What Hypercorn keeps for each connection, made smaller (installed in each worker).
+
+A worker holds thousands of idle wall displays for days, and each byte Hypercorn keeps per
+connection is paid thousands of times. tracemalloc over 500 idle walls found about 4 KB of
+each socket's 25 KB in empty ``collections.deque``s (760 bytes each, however empty): four in
+the ``asyncio.Queue`` that carries the ASGI app's ``receive`` messages (its items, getters,
+putters, and the event of ``join``, which Hypercorn never calls) and one in the
+``asyncio.Event`` with which the HTTP/1.1 protocol pauses reading. ``AppQueue`` and
+``LeanEvent`` do the same with a list, and make their waiters only while someone waits; the
+stream protocol's deque of ``drain`` waiters becomes a list too (``LeanTCPServer``), and the
+connection's read waits without a ``wait_for`` frame where there is no read timeout.
+
+And permessage-deflate is declined, by one shared extension object (``NO_COMPRESSION``).
+
+These reach under Hypercorn's public API (its asyncio task group and worker context), so
+``install`` checks that what it replaces is still there; if a Hypercorn release moved it, the
+worker logs that and runs with Hypercorn's own (correct, only larger).
+"""
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypercorn.asyncio import run, tcp_server, worker_context
+from hypercorn.asyncio.task_group import TaskGroup, _handle
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.config import Config
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol import ws_stream
+from hypercorn.typing import AppWrapper, ASGIReceiveCallable, ASGIReceiveEvent, ASGISendEvent, Scope
+from wsproto.extensions import PerMessageDeflate
+
+log = logging.getLogger(__name__)
+
+
+class NoCompression(PerMessageDeflate):
+    """Declines permessage-deflate, which every browser offers and Hypercorn always accepts
+    (it has no setting: pgjones/hypercorn#307). Compression is per socket: each wall would
+    keep a zlib stream of its own (hundreds of KB) and deflate every frame on its own, where
+    the hub sends one encoded frame to all of them."""
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+# Declining keeps no state: one object serves every connection (one each was ~0.4 KB).
+NO_COMPRESSION = NoCompression()
+
+
+def _wake_first(waiters: list[asyncio.Future[None]] | None) -> None:
+    for waiter in waiters or ():
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+def _enlist(waiters: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    return waiter
+
+
+class AppQueue:
+    """A bounded FIFO of ASGI receive events: ``asyncio.Queue``'s ``get`` and ``put``."""
+
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._maxsize = maxsize  # 0 or less: unbounded
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._putters: list[asyncio.Future[None]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            if self._getters is None:
+                self._getters = []
+            waiter = _enlist(self._getters)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._getters.remove(waiter)
+                _wake_first(self._getters)  # it may have been woken for an item: pass it on
+                raise
+            self._getters.remove(waiter)
+        _wake_first(self._putters)
+        return self._items.pop(0)
+
+    async def put(self, item: ASGIReceiveEvent) -> None:
+        while 0 < self._maxsize <= len(self._items):
+            if self._putters is None:
+                self._putters = []
+            waiter = _enlist(self._putters)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._putters.remove(waiter)
+                _wake_first(self._putters)  # a place it was woken for goes to the next one
+                raise
+            self._putters.remove(waiter)
+        self._items.append(item)
+        _wake_first(self._getters)
+
+
+class LeanEvent:
+    """Hypercorn's event (its ``EventWrapper`` API) without a deque per instance."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    async def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._waiters is None:
+            self._waiters = []
+        waiter = _enlist(self._waiters)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+    async def set(self) -> None:
+        self._set = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+class LeanTaskGroup(TaskGroup):
+    """Hypercorn's per-connection task group, spawning the app with an ``AppQueue``."""
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: Config,
+        scope: Scope,
+        send: Callable[[ASGISendEvent | None], Awaitable[None]],
+    ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        queue = AppQueue(config.max_app_queue_size)
+        receive: ASGIReceiveCallable = queue.get
+        self.spawn(_handle, app, config, scope, receive, send, *_spawners(self._loop))
+        return queue.put
+
+
+@functools.cache
+def _spawners(loop: asyncio.AbstractEventLoop) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The ASGI extension callables Hypercorn gives an app (run in a thread; run on the loop
+    from a thread): the same for every connection of a loop, so made once, not per socket."""
+
+    def sync_spawn(func: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return loop.run_in_executor(None, func, *args)
+
+    def call_soon(func: Callable[..., Any], *args: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
+
+    return sync_spawn, call_soon
+
+
+class LeanTCPServer(TCPServer):
+    """Hypercorn's connection, with a list for its stream's ``drain`` waiters (asyncio's
+    stream protocol makes a deque each) and no ``wait_for`` frame around reads that have no
+    timeout (the frame stays for as long as the socket is idle)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        protocol = getattr(self.writer, "_protocol", None)
+        waiters = getattr(protocol, "_drain_waiters", None)
+        # asyncio appends, removes and iterates: a list does all three.
+        if isinstance(waiters, collections.deque) and not waiters:
+            protocol._drain_waiters = []  # type: ignore[union-attr]
+
+    async def _read_data(self) -> None:
+        if self.config.read_timeout is not None:
+            return await super()._read_data()
+        while not self.reader.at_eof():
+            try:
+                data = await self.reader.read(MAX_RECV)
+            except (ConnectionError, OSError):
+                break
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
+
+
+def install() -> bool:
+    """Put the lean pieces in Hypercorn's place (in a worker process, before it serves);
+    False, logged, where this Hypercorn is not the one they were made for."""
+    ws_stream.PerMessageDeflate = lambda: NO_COMPRESSION  # type: ignore[misc,assignment]
+    context = worker_context.WorkerContext
+    replaced = (
+        (tcp_server, "TaskGroup", TaskGroup, LeanTaskGroup),
+        (run, "TCPServer", TCPServer, LeanTCPServer),
+        (context, "event_class", worker_context.EventWrapper, LeanEvent),
+    )
+    if any(
+        getattr(owner, name, None) not in (theirs, ours) for owner, name, theirs, ours in replaced
+    ):
+        log.warning("hypercorn_internals_changed", extra={"kept": "its own queues and events"})
+        return False
+    for owner, name, _, ours in replaced:
+        setattr(owner, name, ours)
+    return True
