@@ -1,3 +1,7 @@
+import asyncio
+import base64
+import os
+
 import pytest
 from wsproto import ConnectionType
 from wsproto.connection import Connection
@@ -18,31 +22,43 @@ def test_walls_sharing_a_frame_share_its_bytes():
 
 
 @pytest.mark.parametrize("lean_hypercorn", [False, True], ids=["hypercorn", "lean-hypercorn"])
-async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(
+async def test_a_handed_off_socket_is_accepted_pinged_read_and_served_on_hypercorn(
     lean_hypercorn, restore_hypercorn
 ):
-    import asyncio
-    import base64
-    import os
-
+    """Served: its messages reach the handler in order while its own task sends, and it ends
+    with ``Disconnected`` when the client goes, or with the error its handler raised."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
     from quart import Quart
 
     from tests.live_cluster import free_port
     from traitortrack import lean
-    from traitortrack.web.wire import Socket, hand_off, keep_sockets_lean
+    from traitortrack.web.wire import Disconnected, Socket, hand_off, keep_sockets_lean
 
     if lean_hypercorn:
         assert lean.install()
-    app, received = Quart(__name__), asyncio.Queue()
+    app, received, ended = Quart(__name__), asyncio.Queue(), asyncio.Queue()
     keep_sockets_lean(app)
+
+    async def on_message(message: str | bytes) -> None:
+        if message == "boom":
+            raise RuntimeError("the handler failed")
+        await received.put(message)
+
+    async def sending(socket: Socket) -> None:
+        await socket.frame_sender()("serving")
+        await asyncio.get_running_loop().create_future()  # until the socket ends
 
     async def lifetime(socket: Socket) -> None:
         assert socket.pinger is not None
         socket.pinger()
         await socket.frame_sender()("hi")
         await received.put(await socket.receive())
+        try:
+            await socket.serve(on_message, sending(socket))
+        except (Disconnected, RuntimeError) as error:
+            await ended.put(type(error))
+            raise
 
     @app.websocket("/ws")
     async def ws() -> None:
@@ -51,7 +67,8 @@ async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(
     config, stop, port = Config(), asyncio.Event(), free_port()
     config.bind = [f"127.0.0.1:{port}"]
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    try:
+
+    async def served(*messages: bytes) -> asyncio.StreamWriter:
         for _ in range(100):
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -63,13 +80,22 @@ async def test_a_handed_off_socket_is_accepted_pinged_and_read_on_hypercorn(
             f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        assert await reader.readexactly(2) == bytes((0x89, 0))  # the ping
+        assert await reader.readexactly(4) == bytes((0x81, 2)) + b"hi"
+        for message in messages:  # masked with a zero key
+            writer.write(bytes((0x81, 0x80 | len(message))) + bytes(4) + message)
+        assert await reader.readexactly(9) == bytes((0x81, 7)) + b"serving"
+        return writer
+
+    try:
         async with asyncio.timeout(5):
-            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-            assert await reader.readexactly(2) == bytes((0x89, 0))  # the ping
-            assert await reader.readexactly(4) == bytes((0x81, 2)) + b"hi"
-            writer.write(bytes((0x81, 0x82)) + bytes(4) + b"ok")  # masked with a zero key
-            assert await received.get() == "ok"
-        writer.close()
+            writer = await served(b"first", b"one", b"two")
+            assert [await received.get() for _ in range(3)] == ["first", "one", "two"]
+            writer.close()
+            assert await ended.get() is Disconnected
+            await served(b"first", b"boom")
+            assert await ended.get() is RuntimeError
     finally:
         stop.set()
         await server

@@ -64,15 +64,21 @@ def _enlist(waiters: list[asyncio.Future[None]]) -> asyncio.Future[None]:
 
 
 class AppQueue:
-    """A bounded FIFO of ASGI receive events: ``asyncio.Queue``'s ``get`` and ``put``."""
+    """A bounded FIFO of ASGI receive events: ``asyncio.Queue``'s ``get`` and ``put``.
 
-    __slots__ = ("_getters", "_items", "_maxsize", "_putters")
+    An app may instead take the events as they come (``consumer``): ``put`` then hands each to
+    it on the server's reading task, and the app needs no task of its own waiting in ``get``.
+    """
+
+    __slots__ = ("_getters", "_items", "_maxsize", "_putters", "consumer")
 
     def __init__(self, maxsize: int) -> None:
         self._items: list[ASGIReceiveEvent] = []
         self._maxsize = maxsize  # 0 or less: unbounded
         self._getters: list[asyncio.Future[None]] | None = None
         self._putters: list[asyncio.Future[None]] | None = None
+        # Set only while the queue is empty (see ``wire.Socket.serve``), so order is kept.
+        self.consumer: Callable[[ASGIReceiveEvent], Awaitable[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -93,6 +99,8 @@ class AppQueue:
         return self._items.pop(0)
 
     async def put(self, item: ASGIReceiveEvent) -> None:
+        if self.consumer is not None:
+            return await self.consumer(item)
         while 0 < self._maxsize <= len(self._items):
             if self._putters is None:
                 self._putters = []

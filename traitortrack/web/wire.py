@@ -7,6 +7,11 @@ the handshake only (the view checks the origin, the session, and accepts); the v
 the socket off (``hand_off``) and its life is served on the server's own task for the
 connection, reading the server's ``receive`` directly, with nothing of the handshake kept.
 
+Once it is live, a socket needs one task, not two (``Socket.serve``): its own sends the frames,
+and what the client sends is handled where it is read. Under a worker's Hypercorn (with
+``traitortrack.lean`` installed) that is the server's reading task for the connection, which
+hands each message over instead of queueing it; elsewhere a reading task is started for it.
+
 Frames: a wall display costs its worker a dozen frames a second, so the per-frame path decides
 how many walls a worker keeps. Quart's ``websocket.send`` yields to the loop, re-checks the
 handshake and fires a signal; under it Hypercorn builds events, frames the message with
@@ -21,15 +26,19 @@ instead of Hypercorn's ping task per socket (``websocket_ping_interval``, off).
 """
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketScope
+from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, WebsocketScope
 from quart import Quart, websocket
 from quart.asgi import ASGIWebsocketConnection
 from werkzeug.datastructures import Headers
+
+from traitortrack.lean import AppQueue
 
 SEND_TIMEOUT_S = 10.0
 HIGH_WATER = 64 * 1024  # bytes buffered for a socket before a send waits for the client
@@ -37,6 +46,7 @@ SOCKET = "traitortrack.socket"  # the scope key of the websocket's ``Socket`` du
 FrameSender = Callable[[str], Awaitable[None]]
 PING_FRAME = bytes((0x89, 0))  # final, unmasked, no payload (RFC 6455 §5.5.2)
 Lifetime = Callable[["Socket"], Awaitable[None]]
+MessageHandler = Callable[[str | bytes], Awaitable[None]]
 
 
 class Disconnected(asyncio.CancelledError):
@@ -53,6 +63,8 @@ class Socket(ASGIWebsocketConnection):
         self.app, self.scope, self.queue = app, scope, self  # type: ignore[assignment]
         self._accepted = self._closed = False
         self.lifetime: Lifetime | None = None
+        self._serving: asyncio.Task[None] | None = None  # the task in ``serve``
+        self._ended: BaseException | None = None  # why ``serve`` was stopped from outside
         self._receive: ASGIReceiveCallable
         self._send: ASGISendCallable
         self._direct: _Direct | None
@@ -86,6 +98,53 @@ class Socket(ASGIWebsocketConnection):
                 raise Disconnected
 
     get = receive  # Quart's websocket (during the view) reads with ``queue.get``
+
+    async def serve(self, on_message: MessageHandler, sending: Coroutine[Any, Any, None]) -> None:
+        """Run ``sending`` on this task while each message the client sends is awaited in
+        ``on_message``, one after another, in order; return when ``sending`` does. Raises
+        ``Disconnected`` once the client has gone, and what ``on_message`` raised if it did."""
+        self._serving = asyncio.current_task()
+        queue = getattr(self._receive, "__self__", None)
+        reading = None
+        try:
+            if isinstance(queue, AppQueue):
+                while len(queue):  # what came before this, first
+                    await self._deliver(on_message, await queue.get())
+                queue.consumer = functools.partial(self._deliver, on_message)
+            else:
+                reading = asyncio.create_task(self._read_into(on_message))
+            await sending
+        except asyncio.CancelledError:
+            if self._ended is None:
+                raise
+            self._serving.uncancel()  # type: ignore[union-attr]  # this cancel is handled
+            raise self._ended from None
+        finally:
+            self._serving = None
+            if isinstance(queue, AppQueue):
+                queue.consumer = None
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+
+    async def _read_into(self, on_message: MessageHandler) -> None:
+        while True:
+            await self._deliver(on_message, await self._receive())
+
+    async def _deliver(self, on_message: MessageHandler, event: ASGIReceiveEvent) -> None:
+        if event["type"] == "websocket.receive":
+            try:
+                await on_message(event.get("bytes") or event.get("text") or "")
+            except Exception as error:  # the serving task raises it, as a reading task would
+                self._end(error)
+        elif event["type"] == "websocket.disconnect":
+            self._end(Disconnected())
+
+    def _end(self, why: BaseException) -> None:
+        if self._serving is not None and self._ended is None:
+            self._ended = why
+            self._serving.cancel()
 
     async def close(self, code: int, reason: str = "") -> None:
         await self.close_connection(self._send, code, reason)

@@ -2,13 +2,12 @@
 
 The view is the handshake: it checks the origin and the session, decides the socket's audience
 (role, dispatch area) once, and hands the socket off (``wire.hand_off``), to be accepted and
-served with nothing of the handshake kept. One receive task and one send task per socket; when
-either ends, the other is cancelled. The worker's session sweeper (``Live``) closes sockets
-whose session or display link has ended.
+served with nothing of the handshake kept. Its task sends; what the client sends is handled
+where the server reads it (``Socket.serve``). The worker's session sweeper (``Live``) closes
+sockets whose session or display link has ended.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -104,7 +103,9 @@ async def _serve(
         first = await _start(state, connection, area, socket)
         if first is not None:
             await _handle(state, connection, actor, first)
-        await _send_and_receive(state, connection, actor, socket)
+        await socket.serve(
+            partial(_on_message, state, connection, actor), _send(connection, socket)
+        )
     finally:
         state.live.hub.unregister(connection)
 
@@ -134,27 +135,6 @@ async def _start(state: Runtime, connection: Connection, area: str | None, socke
     # Live frames held since ``register`` come after these (welcome, then replay in order).
     connection.go_live([encode(welcome), *replay])
     return first if hello is None else None
-
-
-async def _send_and_receive(
-    state: Runtime, connection: Connection, actor: Actor | None, socket: Socket
-) -> None:
-    """Receive on this task and send on one other; when either ends, the other is cancelled.
-    (Two tasks per socket, not three: an idle wall display costs memory per task.)"""
-    receiving = asyncio.current_task()
-    assert receiving is not None
-    sending = asyncio.create_task(_send(connection, socket))
-    sending.add_done_callback(lambda _: receiving.cancel())
-    try:
-        await _receive(state, connection, actor, socket)
-    except asyncio.CancelledError:
-        if not sending.done():
-            raise  # the client went away (or the server is stopping), not the sender
-        receiving.uncancel()
-    finally:
-        sending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sending
 
 
 def _actor(who: Account) -> Actor:
@@ -214,6 +194,7 @@ async def _send(connection: Connection, socket: Socket) -> None:
     send = socket.frame_sender()
     while (frame := await connection.next_frame()) is not None:
         await send(frame)
+        del frame  # not kept while waiting for the next one: a wall may wait for hours
     # A scan is being saved: its ack goes out before we close (rare, so a short poll will do).
     while connection.busy:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
@@ -226,11 +207,10 @@ async def _send(connection: Connection, socket: Socket) -> None:
 blueprint.record_once(lambda state: keep_sockets_lean(state.app))
 
 
-async def _receive(
-    state: Runtime, connection: Connection, actor: Actor | None, socket: Socket
+async def _on_message(
+    state: Runtime, connection: Connection, actor: Actor | None, raw: str | bytes
 ) -> None:
-    while True:
-        await _handle(state, connection, actor, _parse(await socket.receive()))
+    await _handle(state, connection, actor, _parse(raw))
 
 
 async def _handle(
