@@ -6,7 +6,7 @@ from dataclasses import replace
 import asyncpg
 import pytest
 from hypercorn.asyncio import run, tcp_server, worker_context
-from hypercorn.protocol import ws_stream
+from hypercorn.protocol import h11, ws_stream
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -143,5 +143,6 @@ def restore_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a test installs into Hypercorn's modules is put back afterwards."""
     monkeypatch.setattr(tcp_server, "TaskGroup", tcp_server.TaskGroup)
     monkeypatch.setattr(run, "TCPServer", run.TCPServer)
+    monkeypatch.setattr(h11, "WSStream", h11.WSStream)
     monkeypatch.setattr(worker_context.WorkerContext, "event_class", worker_context.EventWrapper)
     monkeypatch.setattr(ws_stream, "PerMessageDeflate", ws_stream.PerMessageDeflate)

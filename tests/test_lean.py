@@ -5,7 +5,7 @@ Hypercorn they were made for."""
 import asyncio
 
 from hypercorn.asyncio import run, tcp_server, worker_context
-from hypercorn.protocol import ws_stream
+from hypercorn.protocol import h11, ws_stream
 
 from traitortrack import lean
 
@@ -62,6 +62,7 @@ def test_installing_replaces_hypercorns_pieces_once_and_again_is_harmless(restor
     assert lean.install() and lean.install()
     assert tcp_server.TaskGroup is lean.LeanTaskGroup
     assert run.TCPServer is lean.LeanTCPServer
+    assert h11.WSStream is lean.LeanWSStream
     assert worker_context.WorkerContext.event_class is lean.LeanEvent
     assert ws_stream.PerMessageDeflate() is ws_stream.PerMessageDeflate() is lean.NO_COMPRESSION
 

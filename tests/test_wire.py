@@ -25,8 +25,9 @@ def test_walls_sharing_a_frame_share_its_bytes():
 async def test_a_handed_off_socket_is_accepted_pinged_read_and_served_on_hypercorn(
     lean_hypercorn, restore_hypercorn
 ):
-    """Served: its messages reach the handler in order while its own task sends, and it ends
-    with ``Disconnected`` when the client goes, or with the error its handler raised."""
+    """Served: its messages reach the handler in order while its own task sends, it answers
+    the client's pings, and it ends with ``Disconnected`` when the client goes, or with the
+    error its handler raised. Under the lean Hypercorn it keeps no handshake headers."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
     from quart import Quart
@@ -51,6 +52,7 @@ async def test_a_handed_off_socket_is_accepted_pinged_read_and_served_on_hyperco
 
     async def lifetime(socket: Socket) -> None:
         assert socket.pinger is not None
+        assert bool(socket.scope["headers"]) is not lean_hypercorn
         socket.pinger()
         await socket.frame_sender()("hi")
         await received.put(await socket.receive())
@@ -83,8 +85,10 @@ async def test_a_handed_off_socket_is_accepted_pinged_read_and_served_on_hyperco
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         assert await reader.readexactly(2) == bytes((0x89, 0))  # the ping
         assert await reader.readexactly(4) == bytes((0x81, 2)) + b"hi"
-        for message in messages:  # masked with a zero key
+        writer.write(bytes((0x89, 0x80)) + bytes(4))  # a ping (masked with a zero key)
+        for message in messages:
             writer.write(bytes((0x81, 0x80 | len(message))) + bytes(4) + message)
+        assert await reader.readexactly(2) == bytes((0x8A, 0))  # its pong
         assert await reader.readexactly(9) == bytes((0x81, 7)) + b"serving"
         return writer
 

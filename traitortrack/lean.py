@@ -10,6 +10,11 @@ putters, and the event of ``join``, which Hypercorn never calls) and one in the
 stream protocol's deque of ``drain`` waiters becomes a list too (``LeanTCPServer``), and the
 connection's read waits without a ``wait_for`` frame where there is no read timeout.
 
+Once a websocket is accepted, its handshake is over, but Hypercorn keeps it for the socket's
+life: the request's headers (cookie and all) in the scope, the parsed handshake, and the
+HTTP/1.1 connection state. ``LeanWSStream`` lets go of them once the access log line is
+written (about 2.5 KB a socket for our load generator's request; more for a browser's).
+
 And permessage-deflate is declined, by one shared extension object (``NO_COMPRESSION``).
 
 These reach under Hypercorn's public API (its asyncio task group and worker context), so
@@ -29,8 +34,17 @@ from hypercorn.asyncio.task_group import TaskGroup, _handle
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
-from hypercorn.protocol import ws_stream
-from hypercorn.typing import AppWrapper, ASGIReceiveCallable, ASGIReceiveEvent, ASGISendEvent, Scope
+from hypercorn.protocol import h11, ws_stream
+from hypercorn.protocol.h11 import H11WSConnection
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from hypercorn.typing import (
+    AppWrapper,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendEvent,
+    Scope,
+    WebsocketAcceptEvent,
+)
 from wsproto.extensions import PerMessageDeflate
 
 log = logging.getLogger(__name__)
@@ -204,6 +218,29 @@ class LeanTCPServer(TCPServer):
         await self.protocol.handle(Closed())
 
 
+class _Accepted:
+    """What a stream's ``handshake`` is asked once the socket is open: only this."""
+
+    accepted = True
+
+
+class LeanWSStream(WSStream):
+    """Hypercorn's websocket stream, keeping nothing of the handshake once it is accepted."""
+
+    async def _accept(self, message: WebsocketAcceptEvent) -> None:
+        await super()._accept(message)  # sends the 101 and writes the access log line
+        if self.state != ASGIWebsocketState.CONNECTED:
+            return
+        self.scope["headers"] = []  # read in the handshake (Quart's request object), not after
+        self.handshake = _Accepted()  # type: ignore[assignment]
+        protocol = getattr(self.send, "__self__", None)
+        connection = getattr(protocol, "connection", None)
+        if isinstance(connection, H11WSConnection):
+            # Used to send the 101 and error responses, which come before the upgrade; frames
+            # after it go straight to the transport.
+            connection.h11_connection = None  # type: ignore[assignment]
+
+
 def install() -> bool:
     """Put the lean pieces in Hypercorn's place (in a worker process, before it serves);
     False, logged, where this Hypercorn is not the one they were made for."""
@@ -212,6 +249,7 @@ def install() -> bool:
     replaced = (
         (tcp_server, "TaskGroup", TaskGroup, LeanTaskGroup),
         (run, "TCPServer", TCPServer, LeanTCPServer),
+        (h11, "WSStream", WSStream, LeanWSStream),
         (context, "event_class", worker_context.EventWrapper, LeanEvent),
     )
     if any(
