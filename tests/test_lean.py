@@ -67,6 +67,15 @@ def test_installing_replaces_hypercorns_pieces_once_and_again_is_harmless(restor
     assert ws_stream.PerMessageDeflate() is ws_stream.PerMessageDeflate() is lean.NO_COMPRESSION
 
 
+def test_another_hypercorn_release_keeps_its_own_and_says_so(
+    restore_hypercorn, monkeypatch, caplog
+):
+    monkeypatch.setattr(lean, "MADE_FOR", "0.99.")
+    assert not lean.install()
+    assert tcp_server.TaskGroup is not lean.LeanTaskGroup
+    assert "hypercorn_internals_changed" in caplog.text
+
+
 def test_a_hypercorn_whose_internals_moved_keeps_its_own_and_says_so(
     restore_hypercorn, monkeypatch, caplog
 ):

@@ -13,13 +13,15 @@ connection's read waits without a ``wait_for`` frame where there is no read time
 Once a websocket is accepted, its handshake is over, but Hypercorn keeps it for the socket's
 life: the request's headers (cookie and all) in the scope, the parsed handshake, and the
 HTTP/1.1 connection state. ``LeanWSStream`` lets go of them once the access log line is
-written (about 2.5 KB a socket for our load generator's request; more for a browser's).
+written (about 3 KB a socket for our load generator's request; more for a browser's).
 
 And permessage-deflate is declined, by one shared extension object (``NO_COMPRESSION``).
 
-These reach under Hypercorn's public API (its asyncio task group and worker context), so
-``install`` checks that what it replaces is still there; if a Hypercorn release moved it, the
-worker logs that and runs with Hypercorn's own (correct, only larger).
+These reach under Hypercorn's public API (its connection, task group, websocket stream and
+worker context), so ``install`` replaces them only on the Hypercorn release they were written
+for (``MADE_FOR``, pinned in pyproject.toml) and where each is still where it was; otherwise
+the worker logs ``hypercorn_internals_changed`` and runs with Hypercorn's own (correct, only
+larger).
 """
 
 import asyncio
@@ -27,6 +29,7 @@ import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 from hypercorn.asyncio import run, tcp_server, worker_context
@@ -48,6 +51,8 @@ from hypercorn.typing import (
 from wsproto.extensions import PerMessageDeflate
 
 log = logging.getLogger(__name__)
+
+MADE_FOR = "0.18."  # the Hypercorn release series whose internals these replace
 
 
 class NoCompression(PerMessageDeflate):
@@ -224,6 +229,9 @@ class _Accepted:
     accepted = True
 
 
+_ACCEPTED = _Accepted()
+
+
 class LeanWSStream(WSStream):
     """Hypercorn's websocket stream, keeping nothing of the handshake once it is accepted."""
 
@@ -232,7 +240,7 @@ class LeanWSStream(WSStream):
         if self.state != ASGIWebsocketState.CONNECTED:
             return
         self.scope["headers"] = []  # read in the handshake (Quart's request object), not after
-        self.handshake = _Accepted()  # type: ignore[assignment]
+        self.handshake = _ACCEPTED  # type: ignore[assignment]
         protocol = getattr(self.send, "__self__", None)
         connection = getattr(protocol, "connection", None)
         if isinstance(connection, H11WSConnection):
@@ -252,10 +260,13 @@ def install() -> bool:
         (h11, "WSStream", WSStream, LeanWSStream),
         (context, "event_class", worker_context.EventWrapper, LeanEvent),
     )
-    if any(
+    if not version("hypercorn").startswith(MADE_FOR) or any(
         getattr(owner, name, None) not in (theirs, ours) for owner, name, theirs, ours in replaced
     ):
-        log.warning("hypercorn_internals_changed", extra={"kept": "its own queues and events"})
+        log.warning(
+            "hypercorn_internals_changed",
+            extra={"hypercorn": version("hypercorn"), "made_for": MADE_FOR, "kept": "its own"},
+        )
         return False
     for owner, name, _, ours in replaced:
         setattr(owner, name, ours)
