@@ -2,6 +2,8 @@
 target 6).
 
     python -m bench idle [--sockets 2000] [--write]
+    python -m bench idle --trace [--sockets 1000]
+
 
 One ``traitortrack serve --workers 1`` on a scratch database, and as same-run baselines plain
 Hypercorn serving a bare ASGI app and a bare Quart websocket route (what the stack costs before
@@ -9,13 +11,21 @@ any of ours). Walls are opened by a raw client (``ReadingWall``: one protocol ob
 library) in two equal halves. The figure is the RSS growth over the second half divided by its
 sockets, so one-off allocations (first imports, caches, the pool) made by the first sockets do
 not count as per-socket cost; the growth from the empty server is reported beside it.
+
+With ``--trace`` it says where that memory goes: only ``traitortrack serve``, with tracemalloc
+on in its worker, which writes a snapshot after each half (``trace_hook/sitecustomize.py``);
+the difference between the two, divided by the sockets, is what each idle socket keeps, by the
+line that allocated it.
 """
 
 import argparse
 import asyncio
 import os
 import platform
+import signal
 import sys
+import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,7 +141,81 @@ def report(results: list[list[float]], args: argparse.Namespace) -> tuple[str, b
     return body, verdict
 
 
+TRACE_FRAMES = 12
+TRACE_LINES = 30
+
+
+async def traced(args: argparse.Namespace, database_url: str, directory: Path) -> str:
+    """``--trace``: what each idle socket keeps, by the line that allocated it."""
+    hook = Path(__file__).parent / "trace_hook"
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    os.environ.update(
+        PYTHONTRACEMALLOC=str(TRACE_FRAMES), TT_TRACE_DIR=str(directory), PYTHONPATH=path
+    )
+    (server,) = await start_servers(database_url, directory, 1, 1, None)
+    walls: list[ReadingWall] = []
+    try:
+        cookie = await login(server.base, "wall")
+        for half in (1, 2):
+            for _ in range(args.sockets // 2):
+                walls.append(await open_reading_wall(server, cookie))
+            await asyncio.sleep(SETTLE_S)
+            worker = next(p for p in server.processes()
+                          if "spawn_main" in (line := " ".join(p.cmdline()))
+                          and "resource_tracker" not in line)  # fmt: skip
+            os.kill(worker.pid, signal.SIGUSR1)
+            snapshot = directory / f"snapshot-{worker.pid}-{half}"
+            deadline = time.monotonic() + 120
+            while not snapshot.exists() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.5)  # another process writes it
+            if not snapshot.exists():
+                raise RuntimeError(f"the worker wrote no snapshot in 120 s; see {server.log}")
+            print(f"  half {half}: {len(walls)} walls open, snapshot taken", flush=True)
+    finally:
+        for wall in walls:
+            wall.close()
+        server.stop()
+    first, second = (tracemalloc.Snapshot.load(str(directory / f"snapshot-{worker.pid}-{n}"))
+                     for n in (1, 2))  # fmt: skip
+    return trace_report(second, first, args.sockets // 2)
+
+
+def trace_report(after: tracemalloc.Snapshot, before: tracemalloc.Snapshot, sockets: int) -> str:
+    by_file = after.compare_to(before, "filename")
+    by_line = after.compare_to(before, "lineno")
+    total = sum(stat.size_diff for stat in by_line) / sockets
+
+    def rows(stats: list[tracemalloc.StatisticDiff]) -> list[str]:
+        return [
+            f"| {_short(str(stat.traceback))} | {stat.size_diff / sockets:,.0f} "
+            f"| {stat.count_diff / sockets:.1f} |"
+            for stat in stats[:TRACE_LINES]
+        ]
+
+    return "\n".join([
+        f"Traced per idle socket (the second {sockets:,} walls): **{total:,.0f} bytes**.", "",
+        "| file | bytes per socket | blocks |", "| --- | ---: | ---: |", *rows(by_file), "",
+        "| line | bytes per socket | blocks |", "| --- | ---: | ---: |", *rows(by_line),
+    ])  # fmt: skip
+
+
+def _short(where: str) -> str:
+    """A source path as the project, a package or the standard library names it."""
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    for marker in (
+        "site-packages" + os.sep,
+        os.sep + f"python{sys.version_info[0]}.{sys.version_info[1]}" + os.sep,
+    ):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where.replace(root, "")
+
+
 async def main_async(args: argparse.Namespace) -> bool:
+    if args.trace:
+        report, _ = await in_scratch("tt-trace-", lambda url, path: traced(args, url, path))
+        print(report)
+        return True
     results, postgres = await in_scratch("tt-idle-", lambda url, path: run(args, url, path))
     body, verdict = report(results, args)
     publish(body, args.write, HEADING, "python -m bench idle", "bench/idle_sockets.py", postgres)
@@ -143,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench idle", description=summary)
     parser.add_argument("--sockets", type=int, default=2000, help="idle walls (default 2000)")
     parser.add_argument("--write", action="store_true", help="write docs/performance.md")
+    parser.add_argument(
+        "--trace", action="store_true", help="where the memory goes, by allocating line"
+    )
     return 0 if uvloop.run(main_async(parser.parse_args(argv))) else 1
 
 

@@ -124,14 +124,14 @@ class Server:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"the server was not ready in {seconds} s; see {self.log}")
 
-    def _tree(self) -> list[psutil.Process]:
+    def processes(self) -> list[psutil.Process]:
         """The runner and its spawned workers."""
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
 
     def cpu_seconds(self) -> float:
         total = 0.0
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
                 total += times.user + times.system
@@ -139,7 +139,7 @@ class Server:
 
     def rss_mb(self) -> float:
         total = 0
-        for process in self._tree():
+        for process in self.processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total / 2**20

@@ -75,3 +75,20 @@ def test_a_cpu_limit_holds_the_processes_started_in_it_to_their_share():
     # 1.5 s of spinning at a fifth of a CPU: about 0.3 s of CPU (uncapped it would be 1.5 s).
     assert float(busy.stdout) < 0.6
     assert not limit.path.exists()
+
+
+def test_the_trace_report_puts_what_each_socket_kept_on_the_line_that_allocated_it():
+    import tracemalloc
+
+    from bench.idle_sockets import trace_report
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        kept = [bytearray(1000) for _ in range(100)]  # 100 "sockets" keep 1 KB each
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    report = trace_report(after, before, len(kept))
+    line = next(row for row in report.splitlines() if "test_bench.py:" in row)
+    assert 1000 <= int(line.split("|")[2].replace(",", "")) < 1200

@@ -1,13 +1,12 @@
 """The hub: who is connected to this worker, and getting each event to the right ones.
 
-Each connection has a bounded queue of ready-to-send frames (one sender task per socket waits
-on it). Frames are serialised once per
-audience and the same bytes go to every member. Wall displays and metrics screens get events and
-counters coalesced (at most ``COALESCE_HZ`` frames a second); a scanner gets, at once, only the
-events about the parent it is working on (a thousand scanners would otherwise each be sent every
-scan of their area); other pages get their audience's events at once.
-A connection whose queue overflows is told to resync and dropped from fan-out: a slow client
-never slows the others, nor grows the server's memory.
+Each connection has a bounded queue of ready-to-send frames (the socket's task waits on it and
+sends them). Frames are serialised once per audience and the same bytes go to every member.
+Wall displays and metrics screens get events and counters coalesced (at most ``COALESCE_HZ``
+frames a second); a scanner gets, at once, only the events about the parent it is working on
+(a thousand scanners would otherwise each be sent every scan of their area); other pages get
+their audience's events at once. A connection whose queue overflows is told to resync and
+dropped from fan-out: a slow client never slows the others, nor grows the server's memory.
 """
 
 import asyncio
