@@ -213,8 +213,8 @@ def _short(where: str) -> str:
 
 async def main_async(args: argparse.Namespace) -> bool:
     if args.trace:
-        report, _ = await in_scratch("tt-trace-", lambda url, path: traced(args, url, path))
-        print(report)
+        table, _ = await in_scratch("tt-trace-", lambda url, path: traced(args, url, path))
+        print(table)
         return True
     results, postgres = await in_scratch("tt-idle-", lambda url, path: run(args, url, path))
     body, verdict = report(results, args)

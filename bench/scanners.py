@@ -22,6 +22,7 @@ docs/profiles/NAME.txt (collapsed stacks: speedscope.app opens them) and NAME-to
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import platform
@@ -580,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers > 1 and not args.redis:
         parser.error("several workers need --redis")
+    if args.write and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--write draws a plot with matplotlib: pip install -e '.[bench]' first")
     asyncio.run(main_async(args))
     return 0
 
