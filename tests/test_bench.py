@@ -92,3 +92,23 @@ def test_the_trace_report_puts_what_each_socket_kept_on_the_line_that_allocated_
     report = trace_report(after, before, len(kept))
     line = next(row for row in report.splitlines() if "test_bench.py:" in row)
     assert 1000 <= int(line.split("|")[2].replace(",", "")) < 1200
+
+
+async def test_the_idle_bench_judges_the_second_half_of_the_sockets_against_the_target(
+    monkeypatch,
+):
+    import argparse
+
+    from bench import idle_sockets
+
+    samples = [[100.0, 120.0, 141.0], [100.0, 130.0, 165.0], [150.0, 165.0, 181.0]]  # MB
+
+    async def measured(prefix, run):
+        return samples, "15"
+
+    published = []
+    monkeypatch.setattr(idle_sockets, "in_scratch", measured)
+    monkeypatch.setattr(idle_sockets, "publish", lambda body, *args: published.append(body))
+    args = argparse.Namespace(sockets=2000, write=False, trace=False)
+    assert await idle_sockets.main_async(args)  # 16 MB over 1,000 sockets: 16.4 KB each
+    assert "**16.4 KB**" in published[0] and "**PASS**" in published[0]
