@@ -82,6 +82,19 @@ def _enlist(waiters: list[asyncio.Future[None]]) -> asyncio.Future[None]:
     return waiter
 
 
+async def _take_turn(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait among ``waiters`` until woken. One cancelled after it was woken (for an item, or
+    for a free place) passes the wake-up on, so that nothing waits for what is already there."""
+    waiter = _enlist(waiters)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        waiters.remove(waiter)
+        _wake_first(waiters)
+        raise
+    waiters.remove(waiter)
+
+
 class AppQueue:
     """A bounded FIFO of ASGI receive events: ``asyncio.Queue``'s ``get`` and ``put``.
 
@@ -106,14 +119,7 @@ class AppQueue:
         while not self._items:
             if self._getters is None:
                 self._getters = []
-            waiter = _enlist(self._getters)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self._getters.remove(waiter)
-                _wake_first(self._getters)  # it may have been woken for an item: pass it on
-                raise
-            self._getters.remove(waiter)
+            await _take_turn(self._getters)
         _wake_first(self._putters)
         return self._items.pop(0)
 
@@ -123,14 +129,7 @@ class AppQueue:
         while 0 < self._maxsize <= len(self._items):
             if self._putters is None:
                 self._putters = []
-            waiter = _enlist(self._putters)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self._putters.remove(waiter)
-                _wake_first(self._putters)  # a place it was woken for goes to the next one
-                raise
-            self._putters.remove(waiter)
+            await _take_turn(self._putters)
         self._items.append(item)
         _wake_first(self._getters)
 
