@@ -4,7 +4,6 @@ target 6).
     python -m bench idle [--sockets 2000] [--write]
     python -m bench idle --trace [--sockets 1000]
 
-
 One ``traitortrack serve --workers 1`` on a scratch database, and as same-run baselines plain
 Hypercorn serving a bare ASGI app and a bare Quart websocket route (what the stack costs before
 any of ours). Walls are opened by a raw client (``ReadingWall``: one protocol object each, no

@@ -5,13 +5,13 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
-from hypercorn.asyncio import run, tcp_server, worker_context
-from hypercorn.protocol import h11, ws_stream
+from hypercorn.protocol import ws_stream
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests import services
 from tests.browser import browser, web_server  # noqa: F401  (fixtures for browser tests)
+from traitortrack import lean
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
 from traitortrack.db.migrate import migrate
@@ -141,8 +141,6 @@ async def app(settings: Settings) -> AsyncIterator[object]:
 @pytest.fixture
 def restore_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a test installs into Hypercorn's modules is put back afterwards."""
-    monkeypatch.setattr(tcp_server, "TaskGroup", tcp_server.TaskGroup)
-    monkeypatch.setattr(run, "TCPServer", run.TCPServer)
-    monkeypatch.setattr(h11, "WSStream", h11.WSStream)
-    monkeypatch.setattr(worker_context.WorkerContext, "event_class", worker_context.EventWrapper)
+    for owner, name, *_ in lean.REPLACEMENTS:
+        monkeypatch.setattr(owner, name, getattr(owner, name))
     monkeypatch.setattr(ws_stream, "PerMessageDeflate", ws_stream.PerMessageDeflate)

@@ -248,25 +248,28 @@ class LeanWSStream(WSStream):
             connection.h11_connection = None  # type: ignore[assignment]
 
 
+# What ``install`` replaces: (where, attribute, Hypercorn's, ours).
+REPLACEMENTS: tuple[tuple[object, str, object, object], ...] = (
+    (tcp_server, "TaskGroup", TaskGroup, LeanTaskGroup),
+    (run, "TCPServer", TCPServer, LeanTCPServer),
+    (h11, "WSStream", WSStream, LeanWSStream),
+    (worker_context.WorkerContext, "event_class", worker_context.EventWrapper, LeanEvent),
+)
+
+
 def install() -> bool:
     """Put the lean pieces in Hypercorn's place (in a worker process, before it serves);
     False, logged, where this Hypercorn is not the one they were made for."""
     ws_stream.PerMessageDeflate = lambda: NO_COMPRESSION  # type: ignore[misc,assignment]
-    context = worker_context.WorkerContext
-    replaced = (
-        (tcp_server, "TaskGroup", TaskGroup, LeanTaskGroup),
-        (run, "TCPServer", TCPServer, LeanTCPServer),
-        (h11, "WSStream", WSStream, LeanWSStream),
-        (context, "event_class", worker_context.EventWrapper, LeanEvent),
-    )
     if not version("hypercorn").startswith(MADE_FOR) or any(
-        getattr(owner, name, None) not in (theirs, ours) for owner, name, theirs, ours in replaced
+        getattr(owner, name, None) not in (theirs, ours)
+        for owner, name, theirs, ours in REPLACEMENTS
     ):
         log.warning(
             "hypercorn_internals_changed",
             extra={"hypercorn": version("hypercorn"), "made_for": MADE_FOR, "kept": "its own"},
         )
         return False
-    for owner, name, _, ours in replaced:
+    for owner, name, _, ours in REPLACEMENTS:
         setattr(owner, name, ours)
     return True

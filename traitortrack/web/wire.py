@@ -93,7 +93,7 @@ class Socket(ASGIWebsocketConnection):
         while True:
             event = await self._receive()
             if event["type"] == "websocket.receive":
-                return event.get("bytes") or event.get("text") or ""
+                return _payload(event)
             if event["type"] == "websocket.disconnect":
                 raise Disconnected
 
@@ -135,7 +135,7 @@ class Socket(ASGIWebsocketConnection):
     async def _deliver(self, on_message: MessageHandler, event: ASGIReceiveEvent) -> None:
         if event["type"] == "websocket.receive":
             try:
-                await on_message(event.get("bytes") or event.get("text") or "")
+                await on_message(_payload(event))
             except Exception as error:  # the serving task raises it, as a reading task would
                 self._end(error)
         elif event["type"] == "websocket.disconnect":
@@ -160,6 +160,11 @@ class Socket(ASGIWebsocketConnection):
     def pinger(self) -> Callable[[], None] | None:
         """Writes a ping frame, on Hypercorn's HTTP/1.1 stream (ASGI has no ping message)."""
         return None if self._direct is None else self._direct.ping
+
+
+def _payload(event: ASGIReceiveEvent) -> str | bytes:
+    """What a ``websocket.receive`` event carries: its bytes or its text."""
+    return event.get("bytes") or event.get("text") or ""  # type: ignore[return-value]
 
 
 def keep_sockets_lean(app: Quart) -> None:
