@@ -14,7 +14,6 @@ kept one is told to resync (``web.ws``), exactly as if it had fallen too far beh
 """
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ class EventRetention:
         return cls(asyncio.create_task(_run(engine, retention, clock)))
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await stop_tasks(self.task)
 
 
 async def _run(engine: AsyncEngine, retention: timedelta, clock: Callable[[], datetime]) -> None:

@@ -30,6 +30,7 @@ from traitortrack.domain.roles import Role
 from traitortrack.monitoring import probes, prometheus
 from traitortrack.monitoring.windows import History, LatencyWindow, merge, percentiles
 from traitortrack.realtime.live import Live
+from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,7 @@ class Monitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks(self._task)
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.zrem(self._workers_key, self.worker)

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from traitortrack.domain.events import Event
 from traitortrack.realtime.hub import Hub
 from traitortrack.realtime.outbox import OutboxReader, events_between
+from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ class LocalBus:
         self._tasks.append(asyncio.create_task(self._follow_outbox(lambda: True)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
 
     async def _sleep(self, seconds: float) -> None:
         # A timer that sets the event, not asyncio.timeout(): on Python 3.11 a cancel that

@@ -16,6 +16,7 @@ from traitortrack.realtime.bus import LocalBus, RedisBus
 from traitortrack.realtime.counters import LiveCounters
 from traitortrack.realtime.hub import COALESCE_HZ, Hub
 from traitortrack.realtime.outbox import newest_id
+from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,7 @@ class Live:
 
     async def stop(self) -> None:
         self.hub.close_all()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
         await self.bus.stop()
 
     async def _flush(self) -> None:
