@@ -35,6 +35,7 @@ EXPECTED: dict[str, str | set[str]] = {
     "auth.totp_confirm": ADMIN,
     "auth.totp_disable": ADMIN,
     "auth.session_info": STAFF,
+    "auth.keep_session": STAFF,
     "dashboard.home": STAFF,
     "admin.users": ADMIN,
     "admin.create_user": ADMIN,

@@ -1,4 +1,5 @@
 import asyncio
+import math
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -9,6 +10,7 @@ from traitortrack.realtime.hub import (
     SESSION_ENDED,
     TOO_SLOW,
     Connection,
+    Grant,
     Hub,
     SessionCheck,
 )
@@ -27,12 +29,15 @@ def _wall(session: SessionCheck | None = None) -> Connection:
 
 
 class Lookups:
+    """A session check that answers with what a display link of every area grants (or that
+    the session has ended), counting how often it is asked."""
+
     def __init__(self, allowed: bool) -> None:
         self.allowed, self.count = allowed, 0
 
-    async def __call__(self) -> bool:
+    async def __call__(self) -> Grant | None:
         self.count += 1
-        return self.allowed
+        return Grant(None, None, math.inf) if self.allowed else None
 
 
 async def test_walls_on_one_display_link_share_one_session_check():

@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quart import Quart
@@ -37,3 +38,16 @@ def alert_text(html: str) -> str:
     """The first error banner on a page."""
     match = re.search(r'class="banner error" role="alert">([^<]+)<', html)
     return match.group(1).strip() if match else ""
+
+
+class Clock:
+    """A wall clock that tests move by hand (``runtime(app).clock = Clock()``)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

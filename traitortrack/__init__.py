@@ -14,6 +14,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     from traitortrack import runtime
     from traitortrack.logs import configure_logging
+    from traitortrack.services import accounts
     from traitortrack.web import (
         admin,
         api,
@@ -42,11 +43,11 @@ def create_app(settings: Settings | None = None) -> Quart:
         SESSION_COOKIE_SECURE=settings.secure_cookies,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
-        PERMANENT_SESSION_LIFETIME=hooks.SHIFT_LENGTH,
+        PERMANENT_SESSION_LIFETIME=accounts.SHIFT_LENGTH,
         QUART_AUTH_COOKIE_NAME="tt_auth",
         QUART_AUTH_COOKIE_SECURE=settings.secure_cookies,
         QUART_AUTH_COOKIE_SAMESITE="Lax",
-        QUART_AUTH_DURATION=int(hooks.SHIFT_LENGTH.total_seconds()),
+        QUART_AUTH_DURATION=int(accounts.SHIFT_LENGTH.total_seconds()),
         QUART_AUTH_SALT="traitortrack-auth",
     )
     QuartAuth(app)

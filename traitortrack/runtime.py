@@ -25,6 +25,7 @@ from traitortrack.monitoring import probes
 from traitortrack.monitoring.monitor import Monitor
 from traitortrack.realtime.live import Live
 from traitortrack.services.group_commit import settle
+from traitortrack.services.quotas import Quotas
 from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class Runtime:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     monitor: Monitor | None = None
     retention: EventRetention | None = None
+    quotas: Quotas = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quotas = Quotas(self.engine)
 
     async def check_database(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:

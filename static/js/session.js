@@ -26,6 +26,7 @@ function tick() {
 
 banner?.querySelector("[data-keep-alive]")?.addEventListener("click", async () => {
   const response = await fetch("/api/v1/session", {
+    method: "POST",
     headers: { "X-CSRF-Token": csrfToken(), Accept: "application/json" },
   });
   if (response.ok) {

@@ -208,6 +208,7 @@ function refreshBillsSoon() {
 }
 
 function showBills(bills) {
+  if (!bills) return; // an area-bound wall is not shown bills
   setText(root.querySelector('[data-bills="processing"]'), bills.processing);
 }
 

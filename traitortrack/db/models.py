@@ -77,6 +77,21 @@ class User(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class UserSession(Base):
+    """A signed-in session, so that the server can end it (sign-out, revocation) and knows when
+    it was last used (the idle limit holds on websockets as on pages). The cookie carries the
+    token; only its hash is kept."""
+
+    __tablename__ = "user_session"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    signed_in_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class Bag(Base):
     __tablename__ = "bag"
     __table_args__ = (

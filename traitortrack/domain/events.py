@@ -52,3 +52,14 @@ class Event:
 
 def parent_json(code: str, children: int, status: str) -> dict[str, Any]:
     return {"code": code, "children": children, "status": str(status)}
+
+
+def user_changed(user_id: int, sessions_revoked: bool = False, deleted: bool = False) -> NewEvent:
+    """Only the id and what happened: it names nobody. Every worker re-checks the open sockets
+    of that account when it arrives (rights, area, session), so a change takes effect there at
+    once; no area: area-bound screens are not sent it."""
+    return NewEvent(
+        EventKind.USER_CHANGED,
+        None,
+        {"user_id": user_id, "sessions_revoked": sessions_revoked, "deleted": deleted},
+    )

@@ -46,3 +46,10 @@ def can(role: Role | str, permission: Permission) -> bool:
         return permission in _GRANTS[Role(role)]
     except ValueError:
         return False
+
+
+def visible_to(area: str | None, audience: frozenset[str] | None) -> bool:
+    """Whether what concerns dispatch ``area`` may be shown to ``audience`` (the areas a
+    dispatcher or display link is bound to; None: every area). What concerns no area (bills,
+    accounts, bags of no area) is for unbound audiences only."""
+    return audience is None or (area is not None and area in audience)

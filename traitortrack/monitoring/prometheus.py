@@ -45,6 +45,11 @@ FANOUT_LAG = Histogram(
     "From an event's commit to a worker's hub handing it to its clients.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LIMIT_TRIPS = Counter(
+    "traitortrack_limit_trips",
+    "Scans or connections refused by an abuse limit (scan_rate, sockets), per worker summed.",
+    ["limit"],
+)
 CLIENTS = Gauge(
     "traitortrack_clients",
     "Connected websocket clients, by role ('display' for wall-display links).",

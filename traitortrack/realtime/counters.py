@@ -88,7 +88,7 @@ class LiveCounters:
         visible = {
             area: dict(values)
             for area, values in self.by_area.items()
-            if areas is None or area in areas or area == NO_AREA
+            if areas is None or area in areas
         }
         total = {name: sum(v[name] for v in visible.values()) for name in FIELDS}
         return {"day": self.day.date().isoformat(), "total": total, "areas": visible}

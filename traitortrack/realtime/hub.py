@@ -12,6 +12,7 @@ dropped from fan-out: a slow client never slows the others, nor grows the server
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable
@@ -20,8 +21,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from traitortrack.domain.events import Event
-from traitortrack.domain.roles import Role
+from traitortrack.domain.events import Event, EventKind
+from traitortrack.domain.roles import Role, visible_to
 from traitortrack.realtime.counters import LiveCounters
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,26 @@ class Closing(NamedTuple):
 TOO_SLOW = Closing(1008, "too slow; reconnect and resume")
 RESTART = Closing(1012, "server restarting; reconnect")
 SESSION_ENDED = Closing(4401, "session ended; sign in again")
+ACCESS_CHANGED = Closing(4409, "access changed; reconnect")
+
+
+class Grant(NamedTuple):
+    """What a session (or display link) allows now: a socket opened with other rights than
+    these is closed, and its client reconnects with the new ones."""
+
+    role: Role | None
+    audience: Audience
+    deadline: float  # epoch seconds; a socket of a session that ran out is closed
 
 
 @dataclass(frozen=True, slots=True)
 class SessionCheck:
     """How the session sweeper re-checks a socket's right to stay open. Sockets with the same
-    ``key`` (a wall's display link, a person's session) share one check."""
+    ``key`` (a wall's display link, a person's session) share one check; ``grant`` is None
+    once the session or link has ended."""
 
     key: Hashable
-    still_allowed: Callable[[], Awaitable[bool]]
+    grant: Callable[[], Awaitable[Grant | None]]
     every_s: float
 
 
@@ -74,8 +86,10 @@ class Connection:
     follows_parent: bool = False  # a scanner: only events about its current parent
     parent: str | None = None  # that parent (the one its last saved scan was about)
     username: str = ""
+    user_id: int | None = None  # None for a display link
     session: SessionCheck | None = None
     check_at: float = 0.0  # when the sweeper next checks the session (the loop's clock)
+    deadline: float = math.inf  # when the session runs out, as of its last check (epoch s)
     # At most QUEUE_FRAMES, and mostly one or two: a list is a tenth of a deque's size.
     frames: list[str] = field(default_factory=list)
     state: State = State.PAUSED
@@ -94,7 +108,7 @@ class Connection:
         return self.closing == RESTART
 
     def sees(self, event: Event) -> bool:
-        return self.audience is None or event.area is None or event.area in self.audience
+        return visible_to(event.area, self.audience)
 
     def offer(self, frame: str) -> bool:
         """Queue a frame; False (and the connection is closed) when it cannot keep up."""
@@ -168,6 +182,7 @@ class Hub:
     clock: Callable[[], datetime]
     position: int = 0  # the last event id delivered to this worker's connections
     connections: set[Connection] = field(default_factory=set)
+    _per_user: Counter[int] = field(default_factory=Counter)  # open sockets per account
     _immediate: set[Connection] = field(default_factory=set)  # every event of their audience
     _coalesced: set[Connection] = field(default_factory=set)
     _followers: dict[str, set[Connection]] = field(default_factory=dict)  # parent -> scanners
@@ -180,6 +195,8 @@ class Hub:
     def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
         """Add a paused connection; returns the position and counters it starts from."""
         self.connections.add(connection)
+        if connection.user_id is not None:
+            self._per_user[connection.user_id] += 1
         if connection.coalesced:
             self._coalesced.add(connection)
         elif not connection.follows_parent:
@@ -210,7 +227,15 @@ class Hub:
             if not followers:
                 del self._followers[connection.parent]
 
+    def sockets_of(self, user_id: int) -> int:
+        """How many sockets this account has open on this worker."""
+        return self._per_user.get(user_id, 0)
+
     def _drop(self, connection: Connection) -> None:
+        if connection in self.connections and connection.user_id is not None:
+            self._per_user[connection.user_id] -= 1
+            if not self._per_user[connection.user_id]:
+                del self._per_user[connection.user_id]
         self.connections.discard(connection)
         self._immediate.discard(connection)
         self._coalesced.discard(connection)
@@ -227,6 +252,8 @@ class Hub:
             return
         now = self.clock()
         for event in batch:
+            if event.kind == EventKind.USER_CHANGED:
+                self._recheck_user(event.data.get("user_id"))
             if (area := self.counters.apply(event, now)) is not None:
                 self._counters_changed.add(area)
             self._lag_ms.append((time.time() - datetime.fromisoformat(event.at).timestamp()) * 1000)
@@ -278,11 +305,7 @@ class Hub:
             frames = []
             if len(pending) > skip:
                 if (key, skip) not in events_frames:
-                    visible = [
-                        e
-                        for e in pending[skip:]
-                        if e["area"] is None or key is None or e["area"] in key
-                    ]
+                    visible = [e for e in pending[skip:] if visible_to(e["area"], key)]
                     events_frames[key, skip] = (
                         encode({"type": "events", "events": visible}) if visible else ""
                     )
@@ -304,8 +327,15 @@ class Hub:
             if connection.metrics and not connection.offer(frame):
                 self._drop(connection)
 
+    def _recheck_user(self, user_id: object) -> None:
+        """An account changed (rights, area, sessions): its sockets are checked at the next
+        sweep, and before any scan they send meanwhile."""
+        for connection in self.connections:
+            if connection.user_id is not None and connection.user_id == user_id:
+                connection.check_at = 0.0
+
     async def check_sessions(self, now: float) -> None:
-        """End the sockets whose session is due for a check and no longer allowed."""
+        """End the sockets whose session is due for a check and no longer allows them."""
         due: dict[Hashable, list[Connection]] = {}
         for connection in self.connections:
             due_now = connection.check_at <= now and connection.closing is None
@@ -314,12 +344,31 @@ class Hub:
         for sharing in due.values():
             session = sharing[0].session
             assert session is not None
-            allowed = await session.still_allowed()
+            grant = await session.grant()
             for connection in sharing:
-                if allowed:
-                    connection.check_at = now + session.every_s
-                else:
-                    connection.end(SESSION_ENDED)
+                self._apply(connection, grant, now)
+
+    async def still_allowed(self, connection: Connection, now: float) -> bool:
+        """Whether ``connection`` may still act (a scan is about to be saved): checked now when
+        its check is due or its session may have run out, else as of the last check."""
+        session = connection.session
+        if connection.closing is not None:
+            return False
+        if session is not None and (
+            connection.check_at <= now or self.clock().timestamp() > connection.deadline
+        ):
+            self._apply(connection, await session.grant(), now)
+        return connection.closing is None
+
+    def _apply(self, connection: Connection, grant: Grant | None, now: float) -> None:
+        assert connection.session is not None
+        if grant is None or self.clock().timestamp() > grant.deadline:
+            connection.end(SESSION_ENDED)
+        elif grant.role != connection.role or grant.audience != connection.audience:
+            connection.end(ACCESS_CHANGED)
+        else:
+            connection.deadline = grant.deadline
+            connection.check_at = now + connection.session.every_s
 
     def ping_all(self) -> None:
         """Ping every socket: one timer for the worker, not a task per socket."""

@@ -39,7 +39,7 @@ _RANGE = text(
     """
     SELECT id, kind, area, payload, at FROM event
     WHERE id > :after AND id <= :upto
-      AND (CAST(:areas AS text[]) IS NULL OR area IS NULL OR area = ANY(CAST(:areas AS text[])))
+      AND (CAST(:areas AS text[]) IS NULL OR area = ANY(CAST(:areas AS text[])))
     ORDER BY id LIMIT :limit
     """
 )

@@ -62,7 +62,7 @@ class ScanRates:
         last = minute_of(now)
         minutes = range(last - MINUTES + 1, last + 1)
         seen = {a for m in minutes for a in self.by_minute.get(m, ())}
-        visible = sorted(a for a in seen if areas is None or a in areas or a == NO_AREA)
+        visible = sorted(a for a in seen if areas is None or a in areas)
         return {
             "last_minute": last,
             "areas": {

@@ -4,28 +4,38 @@ Every outcome is audited in the same transaction as the change it records.
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, any_, func, insert, select, update
+from sqlalchemy import Row, any_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from traitortrack.db.models import Audit, User
+from traitortrack.db.models import Audit, User, UserSession
+from traitortrack.domain.events import Event, user_changed
 from traitortrack.domain.roles import Role
 from traitortrack.security import (
     burn_password_check,
     hash_password,
     hash_recovery_code,
+    hash_token,
     new_recovery_codes,
+    new_token,
     password_problems,
     totp_step,
     verify_password,
 )
+from traitortrack.services.commands import Actor, Tx, write_outbox
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
 INVALID = "Invalid username or password."
+INACTIVITY_LIMIT = timedelta(minutes=30)
+SHIFT_LENGTH = timedelta(hours=12)
+INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
+# A session's last use is written at most this often: an idle limit of 30 minutes needs no
+# finer record, and a page that loads ten resources must not cost ten writes.
+SEEN_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +48,28 @@ class Account:
     area: str | None
     session_version: int
     totp_enabled: bool
+    # The server-side session a request or socket came with (none outside one).
+    session: str | None = None
+    signed_in_at: float = 0.0  # epoch seconds
+    seen_at: float = 0.0
 
     @property
     def auth_id(self) -> str:
-        return f"{self.id}.{self.session_version}"
+        """What the session cookie carries."""
+        return f"{self.id}.{self.session_version}.{self.session}"
+
+    @property
+    def audience(self) -> frozenset[str] | None:
+        """The dispatch areas this person may see (None: all): a dispatcher sees their own."""
+        return frozenset({self.area}) if self.role == Role.DISPATCHER and self.area else None
+
+    @property
+    def deadline(self) -> float:
+        """When this session ends (epoch seconds): 30 minutes idle for admins and billers, the
+        end of a 12-hour shift for everyone else."""
+        if self.role in INACTIVITY_ROLES:
+            return self.seen_at + INACTIVITY_LIMIT.total_seconds()
+        return self.signed_in_at + SHIFT_LENGTH.total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +103,14 @@ def _account(row: Row[Any]) -> Account:
     )
 
 
+def _split_auth_id(auth_id: str | None) -> tuple[int, int, str] | None:
+    """A session cookie's id: ``user id.session version.session token``."""
+    parts = (auth_id or "").split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
+        return None
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
 async def audit(
     conn: AsyncConnection,
     origin: Origin,
@@ -106,12 +142,96 @@ async def _select_account(engine: AsyncEngine, *conditions: Any) -> Account | No
 
 
 async def load_account(engine: AsyncEngine, auth_id: str | None) -> Account | None:
-    """The account behind a session, or None when it was revoked, deactivated or deleted."""
-    try:
-        user_id, version = (int(part) for part in (auth_id or "").split("."))
-    except ValueError:
+    """The account behind a session, or None when the session was ended (signed out, revoked)
+    or the account deactivated or deleted. Whether the session has run out is the caller's
+    question (``Account.deadline``): it depends on the caller's clock."""
+    parsed = _split_auth_id(auth_id)
+    if parsed is None:
         return None
-    return await _select_account(engine, User.id == user_id, User.session_version == version)
+    user_id, version, token = parsed
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(*_ACCOUNT_COLUMNS, UserSession.signed_in_at, UserSession.seen_at)
+                .join(UserSession, UserSession.user_id == User.id)
+                .where(
+                    User.active,
+                    User.id == user_id,
+                    User.session_version == version,
+                    UserSession.token_hash == hash_token(token),
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    return Account(
+        row.id,
+        row.username,
+        Role(row.role),
+        row.area,
+        row.session_version,
+        row.totp_enabled,
+        session=token,
+        signed_in_at=row.signed_in_at.timestamp(),
+        seen_at=row.seen_at.timestamp(),
+    )
+
+
+async def start_session(engine: AsyncEngine, who: Account, now: datetime) -> str:
+    """Open a server-side session for ``who``; returns the id its cookie carries. Sessions of
+    the account that ran out long ago are cleared on the way."""
+    token = new_token()
+    async with engine.begin() as conn:
+        await conn.execute(
+            delete(UserSession).where(
+                UserSession.user_id == who.id,
+                UserSession.seen_at < now - SHIFT_LENGTH,
+                UserSession.signed_in_at < now - SHIFT_LENGTH,
+            )
+        )
+        await conn.execute(
+            insert(UserSession).values(
+                token_hash=hash_token(token), user_id=who.id, signed_in_at=now, seen_at=now
+            )
+        )
+    return replace(who, session=token).auth_id
+
+
+async def session_seen(engine: AsyncEngine, who: Account, now: datetime) -> Account:
+    """Record that the session is in use (at most once a ``SEEN_EVERY``); returns the account
+    with its new deadline."""
+    if who.session is None or now.timestamp() - who.seen_at < SEEN_EVERY.total_seconds():
+        return who
+    await session_seen_at(engine, who.auth_id, now)
+    return replace(who, seen_at=now.timestamp())
+
+
+async def session_seen_at(engine: AsyncEngine, auth_id: str, now: datetime) -> None:
+    parsed = _split_auth_id(auth_id)
+    if parsed is None:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(UserSession)
+            .where(UserSession.token_hash == hash_token(parsed[2]))
+            .values(seen_at=now)
+        )
+
+
+async def end_session(engine: AsyncEngine, who: Account, origin: Origin) -> tuple[Event, ...]:
+    """Sign out: the session is gone for good (a replayed cookie is refused), and the
+    ``user.changed`` event makes every worker re-check this account's sockets at once."""
+    if who.session is None:
+        return ()
+    actor = Actor(who.id, who.username, who.role, who.area, origin.request_id, origin.ip)
+    async with engine.begin() as conn:
+        await conn.execute(
+            delete(UserSession).where(UserSession.token_hash == hash_token(who.session))
+        )
+        tx = Tx(conn, actor, (await conn.get_raw_connection()).driver_connection)
+        tx.audit("logout", "user", who.username)
+        tx.emit(user_changed(who.id))
+        return await write_outbox(tx)
 
 
 async def load_account_by_id(engine: AsyncEngine, user_id: int) -> Account | None:

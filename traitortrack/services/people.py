@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from traitortrack.db.models import Area, Audit, DisplayLink, User
 from traitortrack.domain.events import Event as PublishedEvent
-from traitortrack.domain.events import EventKind, NewEvent
+from traitortrack.domain.events import user_changed
 from traitortrack.domain.outcomes import RuleBroken
 from traitortrack.domain.roles import MAX_DISPATCHERS_PER_AREA, Role
 from traitortrack.security import (
@@ -129,18 +129,6 @@ def _snapshot(person: Person) -> dict[str, Any]:
         "area": person.area,
         "active": person.active,
     }
-
-
-def _user_changed(
-    person: Person, sessions_revoked: bool = False, deleted: bool = False
-) -> NewEvent:
-    """Only the id and what happened: every live screen may receive this event (wall displays
-    included), so it names nobody. Its use is to close the sockets of a revoked account."""
-    return NewEvent(
-        EventKind.USER_CHANGED,
-        None,
-        {"user_id": person.id, "sessions_revoked": sessions_revoked, "deleted": deleted},
-    )
 
 
 async def list_users(engine: AsyncEngine) -> list[Person]:
@@ -288,7 +276,7 @@ async def create_person(
             raise RuleBroken("USER_EXISTS", f"User {name} already exists.")
         person = await _lock_user(tx.conn, user_id)
         tx.audit("user.create", "user", name, None, _snapshot(person))
-        tx.emit(_user_changed(person))
+        tx.emit(user_changed(person.id))
         return Done(
             True,
             f"User {name} created as {chosen_role.value}"
@@ -332,7 +320,7 @@ async def update_person(
         after = await _lock_user(tx.conn, person.id)
         action = "user.role_change" if role_changes else "user.area_change"
         tx.audit(action, "user", person.username, _snapshot(person), _snapshot(after))
-        tx.emit(_user_changed(after, sessions_revoked=role_changes))
+        tx.emit(user_changed(after.id, sessions_revoked=role_changes))
         message = f"{person.username} is now {chosen_role.value}" + (
             f" in {chosen_area}." if chosen_area else "."
         )
@@ -365,7 +353,7 @@ async def set_active(engine: AsyncEngine, actor: Actor, user_id: int, active: bo
         after = await _lock_user(tx.conn, person.id)
         action = "user.reactivate" if active else "user.deactivate"
         tx.audit(action, "user", person.username, _snapshot(person), _snapshot(after))
-        tx.emit(_user_changed(after, sessions_revoked=not active))
+        tx.emit(user_changed(after.id, sessions_revoked=not active))
         if active:
             return Done(True, f"{person.username} is active again and can sign in.")
         return Done(True, f"{person.username} is deactivated and signed out everywhere.")
@@ -382,7 +370,7 @@ async def delete_person(engine: AsyncEngine, actor: Actor, user_id: int) -> Done
         _check_not_self(tx.actor, person, "delete")
         await tx.conn.execute(delete(User).where(User.id == person.id))
         tx.audit("user.delete", "user", person.username, _snapshot(person), None)
-        tx.emit(_user_changed(person, sessions_revoked=True, deleted=True))
+        tx.emit(user_changed(person.id, sessions_revoked=True, deleted=True))
         return Done(True, f"User {person.username} deleted. Their scans and bills are kept.")
 
     return await _in_transaction(engine, actor, change)
@@ -410,7 +398,7 @@ async def reset_password(engine: AsyncEngine, actor: Actor, user_id: int) -> Don
             )
         )
         tx.audit("user.password_reset", "user", person.username, None, {"sessions_revoked": True})
-        tx.emit(_user_changed(person, sessions_revoked=True))
+        tx.emit(user_changed(person.id, sessions_revoked=True))
         return Done(
             True,
             f"New password for {person.username}. Give it to them now: it is not shown again. "
@@ -432,7 +420,7 @@ async def revoke_sessions(engine: AsyncEngine, actor: Actor, user_id: int) -> Do
             .values(session_version=User.session_version + 1)
         )
         tx.audit("user.sessions_revoked", "user", person.username, None, None)
-        tx.emit(_user_changed(person, sessions_revoked=True))
+        tx.emit(user_changed(person.id, sessions_revoked=True))
         return Done(True, f"Every session of {person.username} has been ended.")
 
     return await _in_transaction(engine, actor, change)

@@ -25,7 +25,7 @@ _LATEST_SCANS = text(
     SELECT id, kind, area, payload, at FROM event
     WHERE id <= :upto AND id > :upto - :lookback
       AND kind = ANY(CAST(:kinds AS text[]))
-      AND (CAST(:areas AS text[]) IS NULL OR area IS NULL OR area = ANY(CAST(:areas AS text[])))
+      AND (CAST(:areas AS text[]) IS NULL OR area = ANY(CAST(:areas AS text[])))
     ORDER BY id DESC LIMIT :limit
     """
 )
@@ -34,9 +34,10 @@ _LATEST_SCANS = text(
 async def wall_figures(
     engine: AsyncEngine, upto: int, areas: frozenset[str] | None
 ) -> dict[str, Any]:
-    """Bills by status, and the feed's latest scans up to event ``upto`` (oldest first)."""
+    """Bills by status (for viewers of every area: bills are not bound to one), and the feed's
+    latest scans up to event ``upto`` (oldest first)."""
     async with engine.connect() as conn:
-        bills = {row.status: row.n for row in await conn.execute(_BILLS)}
+        bills = {row.status: row.n for row in await conn.execute(_BILLS)} if areas is None else None
         rows = await conn.execute(
             _LATEST_SCANS,
             {
@@ -49,6 +50,8 @@ async def wall_figures(
         )
         feed: list[Event] = [to_event(row) for row in rows]
     return {
-        "bills": {status: bills.get(status, 0) for status in ("new", "processing", "completed")},
+        "bills": None
+        if bills is None
+        else {status: bills.get(status, 0) for status in ("new", "processing", "completed")},
         "feed": [e.to_json() for e in reversed(feed)],
     }

@@ -147,7 +147,7 @@ async def revoke_sessions(user_id: int) -> Page:
         # Revoking one's own sessions signs out the other devices; this one starts afresh.
         renewed = await load_account_by_id(runtime().engine, user_id)
         if renewed is not None:
-            begin_session(renewed)
+            await begin_session(renewed)
     return await _user_page(user_id, done)
 
 

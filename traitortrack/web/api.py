@@ -6,6 +6,7 @@ from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import runtime
 from traitortrack.services.commands import Actor
 from traitortrack.services.people import list_areas
+from traitortrack.services.quotas import TOO_FAST
 from traitortrack.services.stats import wall_figures
 from traitortrack.version import VERSION
 from traitortrack.web.access import SCANNING, STAFF, account, api
@@ -29,6 +30,9 @@ async def post_scan() -> object:
     where = origin()
     actor = Actor(who.id, who.username, who.role, who.area, where.request_id, where.ip)
     state = runtime()
+    if not state.quotas.take_scan(who.id):
+        await state.quotas.tripped("scan_rate", who.id, who.username, where)
+        return jsonify(error=TOO_FAST), 429, {"Retry-After": "1"}
     try:
         ack = await perform(state.engine, actor, {"type": "scan", **body})
     except BadMessage as error:
@@ -48,7 +52,7 @@ async def missed_events() -> object:
     after = int(raw)
     who = account()
     assert who is not None
-    areas = [who.area] if who.role == "dispatcher" and who.area else None
+    areas = sorted(who.audience) if who.audience is not None else None
     state = runtime()
     position = state.live.hub.position
     async with state.engine.connect() as conn:

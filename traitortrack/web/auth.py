@@ -10,7 +10,7 @@ from traitortrack.runtime import runtime
 from traitortrack.security import new_totp_secret, totp_qr_svg, totp_uri
 from traitortrack.services import accounts
 from traitortrack.web.access import STAFF, account, api, page, public
-from traitortrack.web.hooks import begin_session, end_session, origin, session_deadline
+from traitortrack.web.hooks import begin_session, end_session, origin
 from traitortrack.web.limits import protected
 
 blueprint = Blueprint("auth", __name__)
@@ -55,7 +55,7 @@ async def login_submit() -> Page:
     if result.needs_totp:
         session["pending_2fa"] = {"uid": result.account.id, "at": state.clock().timestamp()}
         return redirect(url_for("auth.totp", next=_next_url()))
-    begin_session(result.account)
+    await begin_session(result.account)
     return redirect(_next_url())
 
 
@@ -94,14 +94,14 @@ async def totp_submit() -> Page:
     who = await accounts.load_account_by_id(state.engine, user_id)
     if who is None:
         return await _login_page("This account is no longer active.", 401)
-    begin_session(who)
+    await begin_session(who)
     return redirect(_next_url())
 
 
 @blueprint.post("/logout")
 @public
 async def logout() -> Response:
-    end_session()
+    await end_session()
     return redirect(url_for("auth.login"))
 
 
@@ -141,7 +141,7 @@ async def change_password() -> Page:
         # The change ended every session of the account, this one included: start a new one.
         renewed = await accounts.load_account_by_id(state.engine, who.id)
         if renewed is not None:
-            begin_session(renewed)
+            await begin_session(renewed)
     return await _security_page(message, 200 if ok else 400)
 
 
@@ -195,12 +195,24 @@ async def totp_disable() -> Page:
 @blueprint.get("/api/v1/session")
 @api(STAFF)
 async def session_info() -> dict[str, object]:
-    """Who is signed in and when the session ends; calling it counts as activity."""
+    """Who is signed in and when the session ends. Asking does not extend it (live pages ask
+    on their own); ``POST`` does."""
+    return _session_json()
+
+
+@blueprint.post("/api/v1/session")
+@api(STAFF)
+async def keep_session() -> dict[str, object]:
+    """ "Stay signed in": counts as activity, like any other request a person makes."""
+    return _session_json()
+
+
+def _session_json() -> dict[str, object]:
     who = account()
     assert who is not None
     return {
         "username": who.username,
         "role": who.role.value,
         "area": who.area,
-        "deadline": session_deadline(who),
+        "deadline": who.deadline,
     }

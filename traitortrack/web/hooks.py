@@ -4,7 +4,6 @@ security headers, friendly errors."""
 import logging
 import re
 import uuid
-from datetime import timedelta
 
 from quart import (
     Quart,
@@ -20,21 +19,27 @@ from quart import (
 from quart_auth import AuthUser, current_user, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
-from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
 from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
-from traitortrack.services.accounts import Account, Origin, load_account
+from traitortrack.services import accounts
+from traitortrack.services.accounts import Account, Origin
 
 log = logging.getLogger(__name__)
 
-INACTIVITY_LIMIT = timedelta(minutes=30)
-SHIFT_LENGTH = timedelta(hours=12)
-INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CAMERA_ENDPOINTS = frozenset({"scan.scanner"})
-# What a page fetches on its own (live refreshes): not a sign that the person is still there.
-PASSIVE_ENDPOINTS = frozenset({"static", "bills.live"})
+# What a page fetches on its own (live refreshes, a wall's snapshot, the health history, the
+# live connection's "still signed in?" probe): not a sign that the person is still there.
+PASSIVE_ENDPOINTS = frozenset(
+    {
+        "static",
+        "bills.live",
+        "api.stats",
+        "monitoring.system_health_history",
+        "auth.session_info",
+    }
+)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CSRF_MESSAGE = (
     "This form has expired or did not come from this site, so nothing was changed. "
@@ -53,40 +58,47 @@ def origin() -> Origin:
     return Origin(g.get("request_id"), anonymize_ip(request.remote_addr))
 
 
-def session_deadline(who: Account) -> float:
-    """When this session ends (epoch seconds): 30 minutes idle, or the end of a 12-hour shift."""
-    if who.role in INACTIVITY_ROLES:
-        return session.get("seen", 0) + INACTIVITY_LIMIT.total_seconds()
-    return session.get("login_at", 0) + SHIFT_LENGTH.total_seconds()
-
-
-def begin_session(who: Account) -> None:
-    """Sign in with a fresh session (new CSRF token: no fixation from before sign-in)."""
-    now = runtime().clock().timestamp()
+async def begin_session(who: Account) -> None:
+    """Sign in with a fresh server-side session (and a new CSRF token: no fixation from before
+    sign-in)."""
+    state = runtime()
+    auth_id = await accounts.start_session(state.engine, who, state.clock())
     session.clear()
-    session.update(csrf=new_token(), login_at=now, seen=now)
+    session.update(csrf=new_token())
     session.permanent = True
-    login_user(AuthUser(who.auth_id))
+    login_user(AuthUser(auth_id))
 
 
-def end_session() -> None:
+def forget_session() -> None:
+    """Drop the cookies (the server-side session is gone already, or never was)."""
     session.clear()
     logout_user()
+
+
+async def end_session() -> None:
+    """Sign out: the server-side session ends (the cookie is worth nothing even if replayed)
+    and every socket opened with it closes."""
+    who = g.get("account")
+    if who is not None:
+        await accounts.end_session(runtime().engine, who, origin())
+        runtime().live.bus.kick()
+    forget_session()
 
 
 async def _load_account() -> None:
     auth_id = current_user.auth_id
     if auth_id is None:
         return
-    who = await load_account(runtime().engine, auth_id)
-    now = runtime().clock().timestamp()
-    if who is None or now > session_deadline(who):
-        end_session()
+    state = runtime()
+    who = await accounts.load_account(state.engine, auth_id)
+    now = state.clock()
+    if who is None or now.timestamp() > who.deadline:
+        forget_session()
         g.signed_out = "Your session ended. Sign in again." if who is not None else None
         return
+    if request.endpoint not in PASSIVE_ENDPOINTS:
+        who = await accounts.session_seen(state.engine, who, now)
     g.account = who
-    if who.role in INACTIVITY_ROLES and request.endpoint not in PASSIVE_ENDPOINTS:
-        session["seen"] = now
 
 
 def _csrf_ok() -> bool:
@@ -204,5 +216,5 @@ def install(app: Quart) -> None:
             "account": who,
             "csrf_token": csrf_token,
             "nav_items": nav_items,
-            "session_deadline": session_deadline(who) if who else None,
+            "session_deadline": who.deadline if who else None,
         }

@@ -55,8 +55,7 @@ def watching(kind: Kind, roles: frozenset[Role]) -> Callable[[Callable[..., Awai
         async def as_person(*args: Any, **kwargs: Any) -> Any:
             who = account()
             assert who is not None
-            audience = frozenset({who.area}) if who.role == Role.DISPATCHER and who.area else None
-            g.viewer = Viewer(who.role, audience, who.username)
+            g.viewer = Viewer(who.role, who.audience, who.username)
             return await view(*args, **kwargs)
 
         for_people = (page if kind == "page" else api)(roles)(as_person)

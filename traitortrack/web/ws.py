@@ -10,8 +10,8 @@ sockets whose session or display link has ended.
 import asyncio
 import json
 import logging
+import math
 import uuid
-from collections.abc import Awaitable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -23,16 +23,16 @@ from quart_auth import current_user
 from traitortrack.domain.codes import InvalidBagCode, normalize_code
 from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
-from traitortrack.realtime.hub import TOO_SLOW, Connection, SessionCheck, encode
+from traitortrack.realtime.hub import TOO_SLOW, Connection, Grant, SessionCheck, encode
 from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
-from traitortrack.services.accounts import Account, load_account
+from traitortrack.services import accounts, quotas
+from traitortrack.services.accounts import Account
 from traitortrack.services.commands import Actor
 from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
-from traitortrack.web.hooks import session_deadline
 from traitortrack.web.wire import Socket, hand_off, keep_sockets_lean
 
 blueprint = Blueprint("ws", __name__)
@@ -42,6 +42,9 @@ HELLO_WAIT_S = 1.0
 MAX_REPLAY = 5_000
 REPLAY_FRAME = 500
 SESSION_CHECK_S = 30.0
+SIGNED_OUT = (
+    "Not saved: your session has ended or your access has changed. Sign in again, then send it."
+)
 
 
 def _same_origin() -> bool:
@@ -51,8 +54,8 @@ def _same_origin() -> bool:
 
 
 async def _account() -> Account | None:
-    who = await load_account(runtime().engine, current_user.auth_id)
-    if who is None or runtime().clock().timestamp() > session_deadline(who):
+    who = await accounts.load_account(runtime().engine, current_user.auth_id)
+    if who is None or runtime().clock().timestamp() > who.deadline:
         return None
     return who
 
@@ -75,21 +78,25 @@ async def ws() -> Response | None:
     if who is None and display is None:
         return Response("Sign in first (POST /login), then open /ws.", 401)
     view = websocket.args.get("view", "")
+    state = runtime()
+    if who is not None and state.live.hub.sockets_of(who.id) >= quotas.SOCKETS_PER_ACCOUNT:
+        await state.quotas.tripped("sockets", who.id, who.username, _origin())
+        return Response(quotas.TOO_MANY_SOCKETS, 429)
     if who is not None:
-        audience = frozenset({who.area}) if who.role == Role.DISPATCHER else None
         connection = Connection(
             who.role,
-            audience,
+            who.audience,
             coalesced=view in {"wall", "metrics"},
             metrics=who.role == Role.ADMIN and view == "metrics",
             follows_parent=view == "scanner",
             username=who.username,
+            user_id=who.id,
+            deadline=who.deadline,
         )
     else:
         connection = Connection(None, frozenset(display) if display else None, coalesced=True)
-    state = runtime()
     connection.session = _session_check(state, who)
-    connection.check_at = asyncio.get_running_loop().time() + SESSION_CHECK_S
+    connection.check_at = _loop_time() + SESSION_CHECK_S
     actor = _actor(who) if who is not None else None
     hand_off(partial(_serve, state, connection, who.area if who else None, actor))
     return None
@@ -141,6 +148,11 @@ def _actor(who: Account) -> Actor:
     return Actor(
         who.id, who.username, who.role, who.area, None, anonymize_ip(websocket.remote_addr)
     )
+
+
+def _origin(actor: Actor | None = None) -> accounts.Origin:
+    """Where a socket's security event came from (its handshake's address, no request id)."""
+    return accounts.Origin(None, actor.ip if actor else anonymize_ip(websocket.remote_addr))
 
 
 async def _first_message(socket: Socket) -> Any:
@@ -229,6 +241,11 @@ async def _handle(
             connection.offer(_error("A display link is read-only."))
         elif connection.restarting:
             connection.offer(_error("The server is restarting; this was not saved. Send it again."))
+        elif not await state.live.hub.still_allowed(connection, _loop_time()):
+            connection.offer(_error(SIGNED_OUT))
+        elif not state.quotas.take_scan(actor.user_id):
+            await state.quotas.tripped("scan_rate", actor.user_id, actor.username, _origin(actor))
+            connection.offer(_error(quotas.TOO_FAST))
         else:
             await _save(state, connection, actor, message)
     else:
@@ -252,6 +269,7 @@ async def _save(
         )
         state.live.bus.kick()
         connection.offer(encode(ack))
+        await _seen(state, connection)
         if ack.get("outcome") != "rejected" and isinstance(parent := ack.get("parent"), dict):
             state.live.hub.follow(connection, parent["code"])
     except BadMessage as error:
@@ -260,23 +278,42 @@ async def _save(
         connection.busy = False
 
 
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _seen(state: Runtime, connection: Connection) -> None:
+    """Scanning is activity: an admin or biller scanning over the socket keeps the session
+    (a minute at a time, like pages), while one that only watches runs out."""
+    if connection.role not in accounts.INACTIVITY_ROLES or connection.session is None:
+        return
+    now = state.clock()
+    limit = accounts.INACTIVITY_LIMIT.total_seconds()
+    if connection.deadline - now.timestamp() < limit - accounts.SEEN_EVERY.total_seconds():
+        auth_id = connection.session.key[1]
+        await accounts.session_seen_at(state.engine, auth_id, now)
+        connection.deadline = now.timestamp() + limit
+
+
 def _session_check(state: Runtime, who: Account | None) -> SessionCheck:
     """How the session sweeper re-checks this socket's right to stay open: the person's
-    session, or the display link it was opened with (an admin may revoke either at any time)."""
+    session (its rights, area and deadline now), or the display link it was opened with (an
+    admin may revoke either, or change the person's rights, at any time)."""
     engine = state.engine
     if who is not None:
-        return SessionCheck(
-            ("session", who.auth_id),
-            lambda: _is_present(load_account(engine, who.auth_id)),
-            SESSION_CHECK_S,
-        )
+        auth_id = current_user.auth_id
+
+        async def person() -> Grant | None:
+            now = await accounts.load_account(engine, auth_id)
+            return None if now is None else Grant(now.role, now.audience, now.deadline)
+
+        return SessionCheck(("session", auth_id), person, SESSION_CHECK_S)
     link_id = session.get("display_link")
-    return SessionCheck(
-        ("display link", link_id),
-        lambda: _is_present(display_link_access(engine, link_id)),
-        SESSION_CHECK_S,
-    )
 
+    async def display() -> Grant | None:
+        access = await display_link_access(engine, link_id)
+        if access is None:
+            return None
+        return Grant(None, frozenset(access.areas) if access.areas else None, math.inf)
 
-async def _is_present(lookup: Awaitable[object]) -> bool:
-    return await lookup is not None
+    return SessionCheck(("display link", link_id), display, SESSION_CHECK_S)
