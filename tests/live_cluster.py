@@ -339,6 +339,12 @@ class LiveClient:
             await asyncio.sleep(0.02)
         return True
 
+    async def closed_with(self, seconds: float) -> int | None:
+        """Wait for the server to close this socket; its close code."""
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(self._reader)
+        return self.close_code
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):

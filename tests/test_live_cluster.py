@@ -373,3 +373,39 @@ async def test_the_server_declines_the_permessage_deflate_that_browsers_offer(se
             assert "Sec-WebSocket-Extensions" not in wall.ws.response.headers
         finally:
             await wall.close()
+
+
+async def test_rights_changed_or_signed_out_on_one_server_close_sockets_on_the_other(
+    settings, tmp_path, engine
+):
+    import httpx
+
+    from traitortrack.services import people
+
+    boss = await make_actor(engine, Role.ADMIN, name="boss")
+    ravi = await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    async with cluster(settings, tmp_path) as c:
+        cookie = await login(c.a, "ravi", "Secret-pass1")
+        scanner = await LiveClient.open(c.a, cookie, view="scanner")
+        try:
+            moved_at = time.monotonic()
+            assert (
+                await people.update_person(engine, boss, ravi.user_id, "dispatcher", "indore")
+            ).ok
+            assert await scanner.closed_with(seconds=2) == 4409, c.logs()
+            assert time.monotonic() - moved_at < 2
+        finally:
+            await scanner.close()
+
+        scanner = await LiveClient.open(c.a, cookie, view="scanner")
+        try:
+            assert scanner.welcome["area"] == "indore"
+            async with httpx.AsyncClient(base_url=c.b.base, timeout=10) as on_b:
+                on_b.headers["Cookie"] = cookie
+                page = await on_b.get("/")
+                token = page.text.split('name="csrf-token" content="')[1].split('"')[0]
+                signed_out = await on_b.post("/logout", data={"csrf_token": token})
+                assert signed_out.status_code == 302
+            assert await scanner.closed_with(seconds=2) == 4401, c.logs()
+        finally:
+            await scanner.close()
