@@ -1,18 +1,24 @@
 """The scan path when PostgreSQL misbehaves: backends killed while idle or mid-batch, a parent
 locked by someone else for long, one scan of a batch failing for a reason nobody foresaw.
-Scans are answered (saved, refused as busy, or "not saved, send it again"), never hang, and a
-dead connection never goes back into the pool (ARCHITECTURE.md, "Reliability")."""
+Scans are answered (saved, refused as busy, or "not saved, send it again"), never hang, a
+dead connection never goes back into the pool, and a scanner keeps its socket through a
+restart (ARCHITECTURE.md, "Reliability")."""
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
+from quart.testing import WebsocketResponseError
 from sqlalchemy.engine import make_url
 
 from tests.db import new_id, value
+from tests.live_cluster import PostgresProcess
+from tests.web import ADMIN_PASSWORD, app_for, csrf_from, sign_in
+from traitortrack.config import Settings
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.services import group_commit
 from traitortrack.services.commands import LOCK_WAIT_S, NotSaved
@@ -167,3 +173,61 @@ async def test_an_unforeseen_error_in_one_scan_of_a_batch_fails_only_that_scan(
         "GOOD2 linked (2/30)",
     ]
     assert isinstance(results[1], NotSaved)
+
+
+@pytest.fixture
+async def private_postgres(settings: Settings) -> AsyncIterator[tuple[PostgresProcess, Settings]]:
+    """A PostgreSQL of the test's own, to restart under the app."""
+    server = PostgresProcess()
+    try:
+        server.start()
+        yield server, settings.with_database(server.url)
+    finally:
+        server.remove()
+
+
+async def _next(ws, kind: str) -> dict:
+    async with asyncio.timeout(10):
+        while (message := json.loads(await ws.receive()))["type"] != kind:
+            pass
+    return message
+
+
+async def test_a_scanner_keeps_its_socket_through_a_database_restart(
+    private_postgres, caplog: pytest.LogCaptureFixture
+):
+    server, settings = private_postgres
+    scan = {"type": "scan", "id": "second", "code": "SB10002", "as": "parent"}
+    async with app_for(settings).test_app() as app:
+        client = app.test_client()
+        await sign_in(client, "admin", ADMIN_PASSWORD)
+        token = await csrf_from(client, "/scan")
+        async with client.websocket("/ws") as ws:
+            await ws.send(json.dumps({"type": "hello"}))
+            await _next(ws, "welcome")
+            await ws.send(json.dumps({**scan, "id": "first", "code": "SB10001"}))
+            assert (await _next(ws, "ack"))["outcome"] == "ok"
+
+            server.stop()
+            await ws.send(json.dumps(scan))
+            refused = await _next(ws, "error")
+            with pytest.raises(WebsocketResponseError) as handshake:
+                async with client.websocket("/ws") as other:
+                    await other.receive()
+            over_http = await client.post(
+                "/api/v1/scans", json=scan, headers={"X-CSRF-Token": token}
+            )
+            server.start()
+            await ws.send(json.dumps(scan))  # the scanner sends it again, on the same socket
+            saved = await _next(ws, "ack")
+
+    assert refused == {
+        "type": "error",
+        "id": "second",
+        "message": "Not saved: the database is not answering. Send it again.",
+    }
+    assert handshake.value.response.status_code == 503
+    assert handshake.value.response.headers["Retry-After"] == "5"
+    assert (over_http.status_code, over_http.headers["Retry-After"]) == (503, "5")
+    assert (saved["id"], saved["outcome"]) == ("second", "ok")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

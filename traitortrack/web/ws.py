@@ -28,7 +28,7 @@ from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
 from traitortrack.services.accounts import Account, load_account
-from traitortrack.services.commands import Actor
+from traitortrack.services.commands import Actor, NotSaved
 from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
@@ -42,6 +42,8 @@ HELLO_WAIT_S = 1.0
 MAX_REPLAY = 5_000
 REPLAY_FRAME = 500
 SESSION_CHECK_S = 30.0
+DATABASE_DOWN = "Not saved: the database is not answering. Send it again."
+FAILED = "Not saved: something went wrong on our side. Send it again."
 
 
 def _same_origin() -> bool:
@@ -256,8 +258,21 @@ async def _save(
             state.live.hub.follow(connection, parent["code"])
     except BadMessage as error:
         connection.offer(_error(str(error)))
+    except NotSaved as error:
+        log.warning("scan not saved: database unavailable", extra={"error": str(error)})
+        connection.offer(_not_saved(message, DATABASE_DOWN))
+    except Exception:
+        # A bug, not the socket's fault: this scan is not saved, the socket stays open.
+        log.exception("scan failed", extra={"type": message["type"]})
+        connection.offer(_not_saved(message, FAILED))
     finally:
         connection.busy = False
+
+
+def _not_saved(message: dict[str, Any], why: str) -> str:
+    """The answer to a scan, undo or finish that was not saved; the scanner keeps it and
+    sends it again (with the same id)."""
+    return encode({"type": "error", "id": message.get("id"), "message": why})
 
 
 def _session_check(state: Runtime, who: Account | None) -> SessionCheck:
