@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.db import new_id, value
 from tests.live_cluster import PostgresProcess
-from tests.web import ADMIN_PASSWORD, app_for, csrf_from, sign_in
+from tests.web import ADMIN_PASSWORD, app_for, app_logs, csrf_from, sign_in
 from traitortrack.config import Settings
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.services import group_commit
@@ -198,28 +198,30 @@ async def test_a_scanner_keeps_its_socket_through_a_database_restart(
 ):
     server, settings = private_postgres
     scan = {"type": "scan", "id": "second", "code": "SB10002", "as": "parent"}
-    async with app_for(settings).test_app() as app:
-        client = app.test_client()
-        await sign_in(client, "admin", ADMIN_PASSWORD)
-        token = await csrf_from(client, "/scan")
-        async with client.websocket("/ws") as ws:
-            await ws.send(json.dumps({"type": "hello"}))
-            await _next(ws, "welcome")
-            await ws.send(json.dumps({**scan, "id": "first", "code": "SB10001"}))
-            assert (await _next(ws, "ack"))["outcome"] == "ok"
+    running = app_for(settings)
+    with app_logs(caplog):
+        async with running.test_app() as app:
+            client = app.test_client()
+            await sign_in(client, "admin", ADMIN_PASSWORD)
+            token = await csrf_from(client, "/scan")
+            async with client.websocket("/ws") as ws:
+                await ws.send(json.dumps({"type": "hello"}))
+                await _next(ws, "welcome")
+                await ws.send(json.dumps({**scan, "id": "first", "code": "SB10001"}))
+                assert (await _next(ws, "ack"))["outcome"] == "ok"
 
-            server.stop()
-            await ws.send(json.dumps(scan))
-            refused = await _next(ws, "error")
-            with pytest.raises(WebsocketResponseError) as handshake:
-                async with client.websocket("/ws") as other:
-                    await other.receive()
-            over_http = await client.post(
-                "/api/v1/scans", json=scan, headers={"X-CSRF-Token": token}
-            )
-            server.start()
-            await ws.send(json.dumps(scan))  # the scanner sends it again, on the same socket
-            saved = await _next(ws, "ack")
+                server.stop()
+                await ws.send(json.dumps(scan))
+                refused = await _next(ws, "error")
+                with pytest.raises(WebsocketResponseError) as handshake:
+                    async with client.websocket("/ws") as other:
+                        await other.receive()
+                over_http = await client.post(
+                    "/api/v1/scans", json=scan, headers={"X-CSRF-Token": token}
+                )
+                server.start()
+                await ws.send(json.dumps(scan))  # the scanner sends it again, on the same socket
+                saved = await _next(ws, "ack")
 
     assert refused == {
         "type": "error",

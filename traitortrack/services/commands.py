@@ -46,6 +46,11 @@ class NotSaved(Exception):
     nothing was saved, and the same message (same client id) may be sent again."""
 
 
+class ConnectionLost(NotSaved):
+    """The connection closed under the command. Often only that connection died (its backend
+    was killed, or it died in the pool unnoticed): a fresh one may well work."""
+
+
 def busy(code: str | None) -> BadInput:
     """A row stayed locked past the lock wait. Not recorded: the same scan sent again, once the
     row is free, is tried afresh."""
@@ -188,6 +193,7 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, a
     join the asyncpg transaction the caller opens. When the database is unavailable (see
     :func:`~traitortrack.db.engine.is_unavailable`) the caller gets :class:`NotSaved`.
     """
+    pg: asyncpg.Connection | None = None
     try:
         async with engine.connect() as connection:
             conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -199,7 +205,11 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, a
                     # SQLAlchemy never saw the statement that failed (it ran on asyncpg): tell
                     # the pool, or it hands the dead connection to the next caller.
                     await conn.invalidate()
+    except NotSaved:
+        raise
     except Exception as error:
+        if pg is not None and pg.is_closed():
+            raise ConnectionLost(repr(error)) from error
         if is_unavailable(error):
             raise NotSaved(repr(error)) from error
         raise
@@ -233,6 +243,17 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
         command, use_case = plan()
     except BadInput as error:
         return rejected(error)
+    try:
+        return await _run_once(engine, actor, checked_id, command, use_case)
+    except ConnectionLost as error:
+        # Once more on a fresh connection; the client id makes a repeat harmless.
+        log.warning("connection lost; command tried again", extra={"error": str(error)})
+        return await _run_once(engine, actor, checked_id, command, use_case)
+
+
+async def _run_once(
+    engine: AsyncEngine, actor: Actor, checked_id: str, command: Command, use_case: UseCase
+) -> Result:
     async with connect(engine) as (conn, pg):
         tx = Tx(conn, actor, pg)
         try:

@@ -150,6 +150,7 @@ class ChildScan:
     parent: str
     child: str
     answer: asyncio.Future[Result]
+    connections_lost: int = 0
 
     @property
     def key(self) -> tuple[int, str]:
@@ -166,6 +167,14 @@ class ChildScan:
 
 class _Retry(Exception):
     """Another transaction changed what the batch read; the batch wrote nothing."""
+
+
+class _Lost(Exception):
+    """The connection (or the database) failed under a scan."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 @dataclass
@@ -340,7 +349,7 @@ class GroupCommit:
             return await self._commit_each(pg, batch, queue)
         except Exception as error:
             if _lost(pg, error):
-                _not_saved(batch, error)
+                _again_or_not_saved(batch, queue, error)
                 return False
             # The culprit is found (and logged, with its traceback) when each is tried alone.
             log.warning("group commit failed; trying its scans one by one",
@@ -377,13 +386,16 @@ class GroupCommit:
         self, pg: asyncpg.Connection, batch: list[ChildScan], queue: deque[ChildScan]
     ) -> bool:
         for index, scan in enumerate(batch):
-            if not await self._commit_alone(pg, scan):
+            try:
+                await self._commit_alone(pg, scan)
+            except _Lost as lost:
                 queue.extendleft(reversed(batch[index + 1 :]))
+                _again_or_not_saved([scan], queue, lost.error)
                 return False
         return True
 
-    async def _commit_alone(self, pg: asyncpg.Connection, scan: ChildScan) -> bool:
-        """Commit one scan; False when the connection failed."""
+    async def _commit_alone(self, pg: asyncpg.Connection, scan: ChildScan) -> None:
+        """Commit one scan; :class:`_Lost` when the connection failed under it."""
         for _ in range(ATTEMPTS):
             try:
                 [result] = await self._attempt(pg, [scan])
@@ -397,20 +409,17 @@ class GroupCommit:
                 result = rejected(busy(scan.parent))
             except Exception as error:
                 if _lost(pg, error):
-                    _not_saved([scan], error)
-                    return False
+                    raise _Lost(error) from error
                 log.exception("a scan could not be saved", extra={"action": ACTION})
-                scan.settle(NotSaved(repr(error)))
-                return True
+                result = NotSaved(repr(error))
             except asyncio.CancelledError as error:
                 scan.settle(error)
                 raise
             prometheus.SCAN_BATCH.observe(1)
             scan.settle(result)
-            return True
+            return
         busy_child = f"{scan.child} is being scanned elsewhere right now; scan it again."
         scan.settle(rejected(BadInput("BUSY", busy_child)))
-        return True
 
     async def _attempt(
         self, pg: asyncpg.Connection, batch: list[ChildScan], lock_wait_s: float = LOCK_WAIT_S
@@ -454,6 +463,20 @@ class GroupCommit:
 def _lost(pg: asyncpg.Connection, error: Exception) -> bool:
     """Whether the batch failed because the connection or the database did (not the batch)."""
     return pg.is_closed() or is_unavailable(error)
+
+
+def _again_or_not_saved(
+    scans: list[ChildScan], queue: deque[ChildScan], error: Exception
+) -> None:
+    """The connection failed under these scans: they go once more, on a fresh connection (a
+    killed backend or a connection that died in the pool unnoticed); a second loss means the
+    database is in trouble, and they are not saved."""
+    again = [scan for scan in scans if scan.connections_lost == 0]
+    for scan in again:
+        scan.connections_lost += 1
+    queue.extendleft(reversed(again))
+    if len(again) < len(scans):
+        _not_saved((scan for scan in scans if scan not in again), error)
 
 
 def _not_saved(scans: Iterable[ChildScan], error: Exception) -> None:
