@@ -465,9 +465,7 @@ def _lost(pg: asyncpg.Connection, error: Exception) -> bool:
     return pg.is_closed() or is_unavailable(error)
 
 
-def _again_or_not_saved(
-    scans: list[ChildScan], queue: deque[ChildScan], error: Exception
-) -> None:
+def _again_or_not_saved(scans: list[ChildScan], queue: deque[ChildScan], error: Exception) -> None:
     """The connection failed under these scans: they go once more, on a fresh connection (a
     killed backend or a connection that died in the pool unnoticed); a second loss means the
     database is in trouble, and they are not saved."""
