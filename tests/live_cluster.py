@@ -7,6 +7,7 @@ and restart its Redis without touching the machine's one. Every wait is bounded 
 import asyncio
 import base64
 import contextlib
+import glob
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -97,6 +99,49 @@ class RedisProcess:
         if self.process is not None:
             _stop_group(self.process, grace_s=0)
             self.process = None
+
+
+class PostgresProcess:
+    """A private PostgreSQL cluster on a free port, to stop and start under a running app
+    (the machine's shared server is never touched). As root, it runs as the postgres user."""
+
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            pytest.skip("NO POSTGRESQL BINARIES: /usr/lib/postgresql/*/bin/pg_ctl not found")
+        self.bin = Path(found[-1]).parent
+        self.directory = Path(tempfile.mkdtemp(prefix="tt-private-pg-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.directory, "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_owner, str(self.bin / tool), *args],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                  str(self.directory / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        """A fast shutdown, as a restart does it: every backend is told, then cut."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from traitortrack.config import Settings
 from traitortrack.db.engine import create_engine
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
+from traitortrack.services.commands import NotSaved
 from traitortrack.services.group_commit import settle
 from traitortrack.services.scans import link_child, scan_parent
 
@@ -250,7 +251,7 @@ async def test_when_the_database_is_unreachable_every_waiting_scan_gets_the_erro
     finally:
         await unreachable.dispose()
 
-    assert all(isinstance(r, OSError) for r in results), results
+    assert all(isinstance(r, NotSaved) for r in results), results
 
 
 @pytest.mark.usefixtures("parents")

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from tests.conftest import make_actor
 from tests.web import ADMIN_PASSWORD, sign_in
 from traitortrack.domain.roles import Role
+from traitortrack.services import scans
 
 
 async def _receive_until(ws, kind: str, seconds: float = 3.0) -> dict:
@@ -114,6 +115,33 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
         assert (await _receive_until(ws, "pong"))["type"] == "pong"
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM scan"))).scalar_one() == 0
+
+
+async def test_a_scan_that_fails_unexpectedly_gets_an_error_and_the_socket_stays_open(
+    app, engine, monkeypatch: pytest.MonkeyPatch
+):
+    async def broken(*args: object) -> None:
+        raise ZeroDivisionError("a bug nobody foresaw")
+
+    monkeypatch.setattr(scans, "scan_parent", broken)
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        await _receive_until(ws, "welcome")
+        await ws.send(json.dumps({"type": "scan", "id": "p", "code": "SB10001", "as": "parent"}))
+        error = await _receive_until(ws, "error")
+        await ws.send(
+            json.dumps(
+                {"type": "scan", "id": "c", "code": "KID01", "as": "child", "parent": "SB10001"}
+            )
+        )
+        ack = await _receive_until(ws, "ack")
+    assert error == {
+        "type": "error",
+        "id": "p",
+        "message": "Not saved: something went wrong on our side. Send it again.",
+    }
+    assert (ack["id"], ack["error"]) == ("c", "PARENT_NOT_FOUND")
 
 
 async def test_a_reconnecting_client_gets_exactly_what_it_missed_in_order(app, engine):

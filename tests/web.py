@@ -1,10 +1,14 @@
 """Helpers for driving the app like a browser: sign in through the real form."""
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
@@ -17,6 +21,17 @@ _CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
 
 def app_for(settings: Settings, **changes: Any) -> Quart:
     return create_app(replace(settings, admin_password=ADMIN_PASSWORD, **changes))
+
+
+@contextmanager
+def app_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """``caplog`` sees what the app logs (``create_app`` replaces the root logger's handlers)."""
+    root = logging.getLogger()
+    root.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(caplog.handler)
 
 
 async def csrf_from(client: QuartClient, path: str = "/login") -> str:

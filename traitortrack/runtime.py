@@ -24,6 +24,7 @@ from traitortrack.db.slow_queries import watch
 from traitortrack.monitoring import probes
 from traitortrack.monitoring.monitor import Monitor
 from traitortrack.realtime.live import Live
+from traitortrack.redis_clients import quick_redis
 from traitortrack.services.group_commit import settle
 from traitortrack.services.quotas import Quotas
 from traitortrack.services.users import ADMIN_USERNAME, ensure_admin
@@ -80,7 +81,7 @@ async def start(app: Quart, settings: Settings) -> None:
             "  (shown once; set ADMIN_PASSWORD to choose it yourself)\n",
             flush=True,
         )
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    redis = quick_redis(settings.redis_url) if settings.redis_url else None
     state = Runtime(settings, engine, redis, live=None)  # type: ignore[arg-type]
     state.live = await Live.start(engine, settings, lambda: state.clock())
     state.monitor = await Monitor.start(engine, settings, redis, state.live)

@@ -21,6 +21,7 @@ import asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from traitortrack.db.engine import is_unavailable
 from traitortrack.domain.events import Event as PublishedEvent
 from traitortrack.domain.events import NewEvent
 from traitortrack.domain.linking import outside_area
@@ -33,6 +34,28 @@ MAX_CLIENT_ID_LENGTH = 64
 CHANGED_WHILE_SAVING = BadInput(
     "CONFLICT", "That bag changed while saving; nothing was saved. Scan again."
 )
+# Every wait of a command is bounded: a row held elsewhere (an admin's long transaction, a
+# stuck client) refuses the command as busy after LOCK_WAIT_S; a statement that runs past
+# STATEMENT_LIMIT_S (an overloaded database) is cancelled and the command is not saved.
+LOCK_WAIT_S = 1.0
+STATEMENT_LIMIT_S = 5.0
+
+
+class NotSaved(Exception):
+    """The database could not be reached, lost the connection or could not answer in time:
+    nothing was saved, and the same message (same client id) may be sent again."""
+
+
+class ConnectionLost(NotSaved):
+    """The connection closed under the command. Often only that connection died (its backend
+    was killed, or it died in the pool unnoticed): a fresh one may well work."""
+
+
+def busy(code: str | None) -> BadInput:
+    """A row stayed locked past the lock wait. Not recorded: the same scan sent again, once the
+    row is free, is tried afresh."""
+    what = code or "That record"
+    return BadInput("BUSY", f"{what} is busy (someone else is changing it); send the scan again.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +190,49 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, a
 
     The scan path speaks to asyncpg directly (SQLAlchemy's per-statement work would cost several
     times the database's); the SQLAlchemy face runs in autocommit mode so that its statements
-    join the asyncpg transaction the caller opens.
+    join the asyncpg transaction the caller opens. When the database is unavailable (see
+    :func:`~traitortrack.db.engine.is_unavailable`) the caller gets :class:`NotSaved`.
     """
-    async with engine.connect() as connection:
-        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        yield conn, (await conn.get_raw_connection()).driver_connection
+    pg: asyncpg.Connection | None = None
+    try:
+        async with engine.connect() as connection:
+            conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            pg = (await conn.get_raw_connection()).driver_connection
+            try:
+                yield conn, pg
+            finally:
+                if pg.is_closed():
+                    # SQLAlchemy never saw the statement that failed (it ran on asyncpg): tell
+                    # the pool, or it hands the dead connection to the next caller.
+                    await conn.invalidate()
+    except NotSaved:
+        raise
+    except Exception as error:
+        if pg is not None and pg.is_closed():
+            raise ConnectionLost(repr(error)) from error
+        if is_unavailable(error):
+            raise NotSaved(repr(error)) from error
+        raise
+
+
+@asynccontextmanager
+async def transaction(
+    pg: asyncpg.Connection, lock_wait_s: float = LOCK_WAIT_S
+) -> AsyncIterator[None]:
+    """A transaction whose waits are bounded (see ``LOCK_WAIT_S``): a lock not granted in time
+    raises ``asyncpg.LockNotAvailableError``. The limits are set with ``BEGIN``, in the same
+    round trip."""
+    await pg.execute(
+        f"BEGIN; SET LOCAL lock_timeout = {int(lock_wait_s * 1000)};"
+        f" SET LOCAL statement_timeout = {int(STATEMENT_LIMIT_S * 1000)}"
+    )
+    try:
+        yield
+    except BaseException:
+        if not pg.is_closed():
+            await pg.execute("ROLLBACK")
+        raise
+    await pg.execute("COMMIT")
 
 
 async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) -> Result:
@@ -182,10 +243,21 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
         command, use_case = plan()
     except BadInput as error:
         return rejected(error)
+    try:
+        return await _run_once(engine, actor, checked_id, command, use_case)
+    except ConnectionLost as error:
+        # Once more on a fresh connection; the client id makes a repeat harmless.
+        log.warning("connection lost; command tried again", extra={"error": str(error)})
+        return await _run_once(engine, actor, checked_id, command, use_case)
+
+
+async def _run_once(
+    engine: AsyncEngine, actor: Actor, checked_id: str, command: Command, use_case: UseCase
+) -> Result:
     async with connect(engine) as (conn, pg):
         tx = Tx(conn, actor, pg)
         try:
-            async with pg.transaction():
+            async with transaction(pg):
                 answer = await use_case(tx)
                 published = await _record(tx, command, checked_id, answer, None)
                 if published is None:
@@ -195,6 +267,8 @@ async def run(engine: AsyncEngine, actor: Actor, client_id: object, plan: Plan) 
             pass
         except BadInput as error:
             return rejected(error)
+        except asyncpg.LockNotAvailableError:
+            return rejected(busy(command.code))
         except RuleBroken as error:
             return await _record_refusal(tx, command, checked_id, error)
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError):
@@ -213,7 +287,7 @@ async def _record_refusal(tx: Tx, command: Command, client_id: str, error: RuleB
     tx.events.clear()
     tx.audits.clear()
     try:
-        async with tx.pg.transaction():
+        async with transaction(tx.pg):
             if await _record(tx, command, client_id, answer, error.code) is not None:
                 return rejected(error)
         stored = await _stored(tx.pg, tx.actor, client_id)

@@ -21,13 +21,14 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from traitortrack.db.engine import is_unavailable
 from traitortrack.domain import linking
 from traitortrack.domain.events import Event, EventKind, NewEvent, parent_json
 from traitortrack.domain.linking import BagStatus, ExistingChild, ParentState
@@ -35,14 +36,18 @@ from traitortrack.domain.outcomes import BadInput, Outcome, RuleBroken
 from traitortrack.monitoring import prometheus
 from traitortrack.services.commands import (
     CHANGED_WHILE_SAVING,
+    LOCK_WAIT_S,
     Actor,
     Answer,
+    NotSaved,
     Result,
+    busy,
     check_area,
     connect,
     json_text,
     rejected,
     stored_result,
+    transaction,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ LANES = 4
 MAX_BATCH = 64
 ATTEMPTS = 3
 ACTION = "link_child"
+# After a batch's lock wait ran out, how long each of its parents may still wait on its own.
+RECHECK_WAIT_S = 0.1
 
 # Everything a batch reads, in one round trip: the parents, locked in id order (so batches
 # never deadlock on each other), the scanned children with the parent each is in, and the
@@ -143,6 +150,7 @@ class ChildScan:
     parent: str
     child: str
     answer: asyncio.Future[Result]
+    connections_lost: int = 0
 
     @property
     def key(self) -> tuple[int, str]:
@@ -159,6 +167,14 @@ class ChildScan:
 
 class _Retry(Exception):
     """Another transaction changed what the batch read; the batch wrote nothing."""
+
+
+class _Lost(Exception):
+    """The connection (or the database) failed under a scan."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 @dataclass
@@ -307,34 +323,38 @@ class GroupCommit:
                         batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
                         if not await self._commit(pg, batch, queue):
                             break  # the connection may be broken: take another
-        except Exception as error:  # no connection at all: answer what waits, then stop
-            log.exception("group commit could not connect", extra={"scans": len(queue)})
-            while queue:
-                queue.popleft().settle(error)
+        except NotSaved as error:  # no connection at all: answer what waits, then stop
+            _not_saved(queue, error)
+            queue.clear()
         finally:
             self._drains[lane] = None
 
     async def _commit(
-        self, pg: asyncpg.Connection, batch: list[ChildScan], queue: deque[ChildScan]
+        self,
+        pg: asyncpg.Connection,
+        batch: list[ChildScan],
+        queue: deque[ChildScan],
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> bool:
         """Commit a batch and answer its scans; False when the connection failed (scans not
         yet tried go back to the front of the lane's queue)."""
         try:
-            results = await self._attempt(pg, batch)
+            results = await self._attempt(pg, batch, lock_wait_s)
+        except asyncpg.LockNotAvailableError:
+            return await self._around_busy_parents(pg, batch, queue)
         except (_Retry, asyncpg.IntegrityConstraintViolationError,
                 asyncpg.TransactionRollbackError) as error:  # fmt: skip
             why = type(error).__name__
             log.info("group commit retried one by one", extra={"scans": len(batch), "why": why})
-            for index, scan in enumerate(batch):
-                if not await self._commit_alone(pg, scan):
-                    queue.extendleft(reversed(batch[index + 1 :]))
-                    return False
-            return True
+            return await self._commit_each(pg, batch, queue)
         except Exception as error:
-            log.exception("group commit failed", extra={"scans": len(batch)})
-            for scan in batch:
-                scan.settle(error)
-            return False
+            if _lost(pg, error):
+                _again_or_not_saved(batch, queue, error)
+                return False
+            # The culprit is found (and logged, with its traceback) when each is tried alone.
+            log.warning("group commit failed; trying its scans one by one",
+                        extra={"scans": len(batch), "error": repr(error)})  # fmt: skip
+            return await self._commit_each(pg, batch, queue)
         except asyncio.CancelledError as error:
             for scan in batch:
                 scan.settle(error)
@@ -344,7 +364,38 @@ class GroupCommit:
             scan.settle(result)
         return True
 
-    async def _commit_alone(self, pg: asyncpg.Connection, scan: ChildScan) -> bool:
+    async def _around_busy_parents(
+        self, pg: asyncpg.Connection, batch: list[ChildScan], queue: deque[ChildScan]
+    ) -> bool:
+        """A parent stayed locked elsewhere past the lock wait: its scans are answered busy and
+        the other parents' scans are committed. PostgreSQL does not say which parent it was,
+        so each parent is tried on its own, now waiting only briefly for its lock."""
+        parents = list(dict.fromkeys(scan.parent for scan in batch))
+        if len(parents) == 1:
+            for scan in batch:
+                scan.settle(rejected(busy(scan.parent)))
+            return True
+        for index, parent in enumerate(parents):
+            scans = [scan for scan in batch if scan.parent == parent]
+            if not await self._commit(pg, scans, queue, RECHECK_WAIT_S):
+                queue.extendleft(reversed([s for s in batch if s.parent in parents[index + 1 :]]))
+                return False
+        return True
+
+    async def _commit_each(
+        self, pg: asyncpg.Connection, batch: list[ChildScan], queue: deque[ChildScan]
+    ) -> bool:
+        for index, scan in enumerate(batch):
+            try:
+                await self._commit_alone(pg, scan)
+            except _Lost as lost:
+                queue.extendleft(reversed(batch[index + 1 :]))
+                _again_or_not_saved([scan], queue, lost.error)
+                return False
+        return True
+
+    async def _commit_alone(self, pg: asyncpg.Connection, scan: ChildScan) -> None:
+        """Commit one scan; :class:`_Lost` when the connection failed under it."""
         for _ in range(ATTEMPTS):
             try:
                 [result] = await self._attempt(pg, [scan])
@@ -354,23 +405,27 @@ class GroupCommit:
                 # A constraint caught a race the checks could not see (a bag deleted while it
                 # was being linked). Nothing was written; a retry sees the new state.
                 result = rejected(CHANGED_WHILE_SAVING)
+            except asyncpg.LockNotAvailableError:
+                result = rejected(busy(scan.parent))
             except Exception as error:
+                if _lost(pg, error):
+                    raise _Lost(error) from error
                 log.exception("a scan could not be saved", extra={"action": ACTION})
-                scan.settle(error)
-                return False
+                result = NotSaved(repr(error))
             except asyncio.CancelledError as error:
                 scan.settle(error)
                 raise
             prometheus.SCAN_BATCH.observe(1)
             scan.settle(result)
-            return True
-        busy = f"{scan.child} is being scanned elsewhere right now; scan it again."
-        scan.settle(rejected(BadInput("BUSY", busy)))
-        return True
+            return
+        busy_child = f"{scan.child} is being scanned elsewhere right now; scan it again."
+        scan.settle(rejected(BadInput("BUSY", busy_child)))
 
-    async def _attempt(self, pg: asyncpg.Connection, batch: list[ChildScan]) -> list[Result]:
+    async def _attempt(
+        self, pg: asyncpg.Connection, batch: list[ChildScan], lock_wait_s: float = LOCK_WAIT_S
+    ) -> list[Result]:
         child_codes = sorted({s.child for s in batch})
-        async with pg.transaction():
+        async with transaction(pg, lock_wait_s):
             rows = await pg.fetch(
                 _READ,
                 sorted({s.parent for s in batch}),
@@ -403,6 +458,31 @@ class GroupCommit:
                     results.append(decisions.decide(index, scan))
             written = await decisions.write(pg)
         return _with_events(results, decisions.events, written)
+
+
+def _lost(pg: asyncpg.Connection, error: Exception) -> bool:
+    """Whether the batch failed because the connection or the database did (not the batch)."""
+    return pg.is_closed() or is_unavailable(error)
+
+
+def _again_or_not_saved(scans: list[ChildScan], queue: deque[ChildScan], error: Exception) -> None:
+    """The connection failed under these scans: they go once more, on a fresh connection (a
+    killed backend or a connection that died in the pool unnoticed); a second loss means the
+    database is in trouble, and they are not saved."""
+    again = [scan for scan in scans if scan.connections_lost == 0]
+    for scan in again:
+        scan.connections_lost += 1
+    queue.extendleft(reversed(again))
+    if len(again) < len(scans):
+        _not_saved((scan for scan in scans if scan not in again), error)
+
+
+def _not_saved(scans: Iterable[ChildScan], error: Exception) -> None:
+    scans = list(scans)
+    log.warning("scans not saved: database unavailable",
+                extra={"scans": len(scans), "error": repr(error)})  # fmt: skip
+    for scan in scans:
+        scan.settle(error if isinstance(error, NotSaved) else NotSaved(repr(error)))
 
 
 def _with_events(

@@ -10,6 +10,7 @@ from quart import (
     Response,
     current_app,
     g,
+    has_websocket_context,
     jsonify,
     render_template,
     request,
@@ -17,13 +18,15 @@ from quart import (
     url_for,
 )
 from quart_auth import AuthUser, current_user, login_user, logout_user
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
+from traitortrack.db.engine import is_unavailable
 from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
 from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
 from traitortrack.services import accounts
 from traitortrack.services.accounts import Account, Origin
+from traitortrack.services.commands import NotSaved
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ PASSIVE_ENDPOINTS = frozenset(
         "auth.session_info",
     }
 )
+RETRY_AFTER_S = 5
+UNAVAILABLE_MESSAGE = "The database is not answering right now; nothing was saved. Try again."
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CSRF_MESSAGE = (
     "This form has expired or did not come from this site, so nothing was changed. "
@@ -169,13 +174,24 @@ async def _http_error(error: HTTPException) -> Response | tuple[Response | str, 
     return response
 
 
-async def _server_error(error: Exception) -> tuple[str, int]:
+async def _server_error(error: Exception) -> Response | tuple[Response | str, int]:
+    if isinstance(error, NotSaved) or is_unavailable(error):
+        return await _unavailable(error)
     log.exception("unhandled error", extra={"request_id": g.get("request_id")})
     message = (
         "Something went wrong on our side and nothing was saved. Try again; if it keeps "
         f"happening, tell an admin this reference: {g.get('request_id', '-')}."
     )
     return await render_template("errors/error.html", code=500, message=message), 500
+
+
+async def _unavailable(error: Exception) -> Response | tuple[Response | str, int]:
+    """The database is down or restarting: 503 with Retry-After, for pages, the API and
+    websocket handshakes alike (expected while it lasts, so no traceback)."""
+    log.warning("database unavailable", extra={"error": repr(error)})
+    if has_websocket_context():
+        return Response(UNAVAILABLE_MESSAGE, 503, {"Retry-After": str(RETRY_AFTER_S)})
+    return await _http_error(ServiceUnavailable(UNAVAILABLE_MESSAGE, retry_after=RETRY_AFTER_S))
 
 
 # Navigation, in order; an entry shows only once its page exists and the role may open it.

@@ -1,52 +1,91 @@
 """Rate limits on sign-in, 2FA and password endpoints, per IP and per account.
 
 quart-rate-limiter keeps its counters in memory (per process) unless given a store; with
-``REDIS_URL`` they live in Redis so the limits hold across workers and machines.
+``REDIS_URL`` they live in Redis so the limits hold across workers and machines (and fall back
+to per-worker limits while Redis does not answer).
 """
 
-import contextlib
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart, g, request, session
 from quart_rate_limiter import RateLimit, RateLimiter, rate_limit
-from quart_rate_limiter.redis_store import RedisStore
-from quart_rate_limiter.store import MemoryStore
+from quart_rate_limiter.store import MemoryStore, RateLimiterStoreABC
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from traitortrack.config import Settings
+from traitortrack.redis_clients import quick_redis
 
 log = logging.getLogger(__name__)
 
 PER_IP = RateLimit(20, timedelta(minutes=1))
 PER_ACCOUNT = RateLimit(10, timedelta(minutes=1))
+RETRY_REDIS_S = 5.0
 
 
-class PrefixedRedisStore(RedisStore):
-    """The library's Redis store, with our key prefix and keys that expire on their own."""
+class PrefixedRedisStore(RateLimiterStoreABC):
+    """Limits kept in Redis, shared by every worker, under our key prefix and with keys that
+    expire on their own.
+
+    Redis down or hung must neither lock everyone out nor slow sign-in: after one failed call
+    (at most ``redis_clients.TIMEOUT_S``) the limits fall back to this worker's memory, per
+    worker but still limits, and Redis is tried again every ``RETRY_REDIS_S``.
+    """
 
     def __init__(self, address: str, prefix: str) -> None:
-        super().__init__(address)
+        self.address = address
         self.prefix = f"{prefix}:ratelimit:"
+        self.local = MemoryStore()
+        self._redis: Redis | None = None
+        self._retry_at: float | None = None  # set while the limits are per worker
 
-    # Redis down must not lock everyone out: the limits lapse (the 5-failure lockout, kept in
-    # PostgreSQL, still guards every account) and come back with Redis.
-    async def get(self, key: str, default: datetime) -> datetime:
-        try:
-            return await super().get(self.prefix + key, default)
-        except (RedisError, OSError):
-            log.warning("rate limits unavailable: Redis is unreachable")
-            return default
-
-    async def set(self, key: str, tat: datetime) -> None:
-        ttl = max(1, int((tat - datetime.now(UTC)).total_seconds()) + 1)
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.set(self.prefix + key, tat.timestamp(), ex=ttl)  # type: ignore[union-attr]
+    async def before_serving(self) -> None:
+        self._redis = quick_redis(self.address)
 
     async def after_serving(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    async def get(self, key: str, default: datetime) -> datetime:
+        if self._shared():
+            try:
+                raw = await self._redis.get(self.prefix + key)  # type: ignore[union-attr]
+            except (RedisError, OSError) as error:
+                self._fall_back(error)
+            else:
+                self._back()
+                return default if raw is None else datetime.fromtimestamp(float(raw), UTC)
+        return await self.local.get(key, default)
+
+    async def set(self, key: str, tat: datetime) -> None:
+        if self._shared():
+            ttl = max(1, int((tat - datetime.now(UTC)).total_seconds()) + 1)
+            try:
+                await self._redis.set(self.prefix + key, tat.timestamp(), ex=ttl)  # type: ignore[union-attr]
+                return
+            except (RedisError, OSError) as error:
+                self._fall_back(error)
+        await self.local.set(key, tat)
+
+    def _shared(self) -> bool:
+        return self._retry_at is None or time.monotonic() >= self._retry_at
+
+    def _fall_back(self, error: Exception) -> None:
+        if self._retry_at is None:
+            log.warning(
+                "Redis is not answering: sign-in rate limits are now per worker, not shared",
+                extra={"error": repr(error)},
+            )
+        self._retry_at = time.monotonic() + RETRY_REDIS_S
+
+    def _back(self) -> None:
+        if self._retry_at is not None:
+            self._retry_at = None
+            self.local = MemoryStore()
+            log.warning("Redis answers again: sign-in rate limits are shared again")
 
 
 async def ip_key() -> str:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, session, websocket
 from quart_auth import current_user
+from sqlalchemy.exc import SQLAlchemyError
 
 from traitortrack.domain.codes import InvalidBagCode, normalize_code
 from traitortrack.domain.roles import Role
@@ -29,7 +30,7 @@ from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
 from traitortrack.services import accounts, quotas
 from traitortrack.services.accounts import Account
-from traitortrack.services.commands import Actor
+from traitortrack.services.commands import Actor, NotSaved
 from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
@@ -45,6 +46,8 @@ SESSION_CHECK_S = 30.0
 SIGNED_OUT = (
     "Not saved: your session has ended or your access has changed. Sign in again, then send it."
 )
+DATABASE_DOWN = "Not saved: the database is not answering. Send it again."
+FAILED = "Not saved: something went wrong on our side. Send it again."
 
 
 def _same_origin() -> bool:
@@ -274,6 +277,13 @@ async def _save(
             state.live.hub.follow(connection, parent["code"])
     except BadMessage as error:
         connection.offer(_error(str(error)))
+    except NotSaved as error:
+        log.warning("scan not saved: database unavailable", extra={"error": str(error)})
+        connection.offer(_not_saved(message, DATABASE_DOWN))
+    except Exception:
+        # A bug, not the socket's fault: this scan is not saved, the socket stays open.
+        log.exception("scan failed", extra={"type": message["type"]})
+        connection.offer(_not_saved(message, FAILED))
     finally:
         connection.busy = False
 
@@ -291,8 +301,19 @@ async def _seen(state: Runtime, connection: Connection) -> None:
     limit = accounts.INACTIVITY_LIMIT.total_seconds()
     if connection.deadline - now.timestamp() < limit - accounts.SEEN_EVERY.total_seconds():
         auth_id = connection.session.key[1]
-        await accounts.session_seen_at(state.engine, auth_id, now)
+        try:
+            await accounts.session_seen_at(state.engine, auth_id, now)
+        except (SQLAlchemyError, OSError):
+            # The scan was saved and acked; the session keeps its old deadline until the next.
+            log.warning("session use not recorded: database unavailable")
+            return
         connection.deadline = now.timestamp() + limit
+
+
+def _not_saved(message: dict[str, Any], why: str) -> str:
+    """The answer to a scan, undo or finish that was not saved; the scanner keeps it and
+    sends it again (with the same id)."""
+    return encode({"type": "error", "id": message.get("id"), "message": why})
 
 
 def _session_check(state: Runtime, who: Account | None) -> SessionCheck:
