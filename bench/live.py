@@ -207,6 +207,10 @@ async def start_server(
         "TRAITORTRACK_DATA_DIR": str(directory),
         "MIGRATE_ON_START": "0",
         "PYTHONUNBUFFERED": "1",
+        # One scanner account per area drives hundreds of sockets and scans a second.
+        "SCANS_PER_SECOND": "1000000",
+        "SCAN_BURST": "1000000",
+        "SOCKETS_PER_ACCOUNT": "1000000",
     }
     if redis_url:
         env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": f"tt-bench:{uuid.uuid4().hex[:8]}"}

@@ -249,6 +249,10 @@ async def cluster(settings: Settings, directory: Path, servers: int = 2) -> Asyn
         "TRAITORTRACK_DATA_DIR": str(directory / "data"),
         "DB_POOL_SIZE": "10",
         "PYTHONUNBUFFERED": "1",
+        # The tests' scanners and walls are load generators: one account, many sockets, fast.
+        "SCANS_PER_SECOND": "100000",
+        "SCAN_BURST": "100000",
+        "SOCKETS_PER_ACCOUNT": "100000",
     }
     apps = [
         AppServer(name, env, directory / f"server-{name}.log")

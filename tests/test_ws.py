@@ -9,6 +9,7 @@ from sqlalchemy import text
 from tests.conftest import make_actor
 from tests.web import ADMIN_PASSWORD, sign_in
 from traitortrack.domain.roles import Role
+from traitortrack.runtime import runtime
 from traitortrack.services import scans
 
 
@@ -145,6 +146,7 @@ async def test_a_scan_that_fails_unexpectedly_gets_an_error_and_the_socket_stays
 
 
 async def test_a_reconnecting_client_gets_exactly_what_it_missed_in_order(app, engine):
+    runtime(app.app).quotas.burst = 100  # 50 scans back to back: a replayed offline queue
     client = await _dispatcher_client(app, engine)
     async with client.websocket("/ws") as ws:
         await ws.send(json.dumps({"type": "hello"}))

@@ -50,6 +50,10 @@ class Settings:
     # Outbox events older than this are dropped (a partition at a time); a client that was
     # away longer reloads its snapshot instead of replaying.
     event_retention_days: int = 30
+    # Abuse limits per account (docs/security.md): scans a second, a burst, open sockets.
+    scans_per_second: float = 10.0
+    scan_burst: int = 30
+    sockets_per_account: int = 20
 
     @property
     def is_production(self) -> bool:
@@ -93,6 +97,9 @@ class Settings:
             migrate_on_start=environ.get("MIGRATE_ON_START", "1") != "0",
             timezone=environ.get("TRAITORTRACK_TZ", "Asia/Kolkata"),
             event_retention_days=int(environ.get("EVENT_RETENTION_DAYS", "30")),
+            scans_per_second=float(environ.get("SCANS_PER_SECOND", "10")),
+            scan_burst=int(environ.get("SCAN_BURST", "30")),
+            sockets_per_account=int(environ.get("SOCKETS_PER_ACCOUNT", "20")),
         )
         return settings.checked()
 

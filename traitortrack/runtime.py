@@ -47,7 +47,10 @@ class Runtime:
     quotas: Quotas = field(init=False)
 
     def __post_init__(self) -> None:
-        self.quotas = Quotas(self.engine)
+        limits = self.settings
+        self.quotas = Quotas(
+            self.engine, limits.scans_per_second, limits.scan_burst, limits.sockets_per_account
+        )
 
     async def check_database(self) -> None:
         async with asyncio.timeout(READY_TIMEOUT_S), self.engine.connect() as conn:

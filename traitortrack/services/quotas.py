@@ -18,19 +18,7 @@ from traitortrack.services.accounts import Origin, audit
 
 log = logging.getLogger(__name__)
 
-SCANS_PER_SECOND = 10.0
-SCAN_BURST = 30
-SOCKETS_PER_ACCOUNT = 20
 AUDIT_EVERY_S = 60.0
-
-TOO_FAST = (
-    f"Too many scans: at most {SCANS_PER_SECOND:g} a second ({SCAN_BURST} in a burst). "
-    "This one was not saved; send it again in a moment."
-)
-TOO_MANY_SOCKETS = (
-    f"This account already has {SOCKETS_PER_ACCOUNT} live connections open. Close the pages "
-    "or devices you no longer use, then reload."
-)
 
 
 @dataclass
@@ -41,13 +29,28 @@ class _Bucket:
 
 @dataclass
 class Quotas:
-    """The per-account token buckets of one worker."""
+    """The per-account token buckets of one worker (limits from ``Settings``)."""
 
     engine: AsyncEngine
-    rate: float = SCANS_PER_SECOND
-    burst: int = SCAN_BURST
+    rate: float
+    burst: int
+    sockets: int
     _buckets: dict[int, _Bucket] = field(default_factory=dict)
     _audited_at: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    @property
+    def too_fast(self) -> str:
+        return (
+            f"Too many scans: at most {self.rate:g} a second ({self.burst} in a burst). "
+            "This one was not saved; send it again in a moment."
+        )
+
+    @property
+    def too_many_sockets(self) -> str:
+        return (
+            f"This account already has {self.sockets} live connections open. Close the pages "
+            "or devices you no longer use, then reload."
+        )
 
     def take_scan(self, user_id: int) -> bool:
         """Spend one scan of the account's allowance; False when it has none left."""

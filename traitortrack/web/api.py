@@ -6,7 +6,6 @@ from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import runtime
 from traitortrack.services.commands import Actor
 from traitortrack.services.people import list_areas
-from traitortrack.services.quotas import TOO_FAST
 from traitortrack.services.stats import wall_figures
 from traitortrack.version import VERSION
 from traitortrack.web.access import SCANNING, STAFF, account, api
@@ -32,7 +31,7 @@ async def post_scan() -> object:
     state = runtime()
     if not state.quotas.take_scan(who.id):
         await state.quotas.tripped("scan_rate", who.id, who.username, where)
-        return jsonify(error=TOO_FAST), 429, {"Retry-After": "1"}
+        return jsonify(error=state.quotas.too_fast), 429, {"Retry-After": "1"}
     try:
         ack = await perform(state.engine, actor, {"type": "scan", **body})
     except BadMessage as error:

@@ -28,7 +28,7 @@ from traitortrack.realtime.hub import TOO_SLOW, Connection, Grant, SessionCheck,
 from traitortrack.realtime.outbox import events_between, oldest_id
 from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
-from traitortrack.services import accounts, quotas
+from traitortrack.services import accounts
 from traitortrack.services.accounts import Account
 from traitortrack.services.commands import Actor, NotSaved
 from traitortrack.services.people import display_link_access
@@ -82,9 +82,9 @@ async def ws() -> Response | None:
         return Response("Sign in first (POST /login), then open /ws.", 401)
     view = websocket.args.get("view", "")
     state = runtime()
-    if who is not None and state.live.hub.sockets_of(who.id) >= quotas.SOCKETS_PER_ACCOUNT:
+    if who is not None and state.live.hub.sockets_of(who.id) >= state.quotas.sockets:
         await state.quotas.tripped("sockets", who.id, who.username, _origin())
-        return Response(quotas.TOO_MANY_SOCKETS, 429)
+        return Response(state.quotas.too_many_sockets, 429)
     if who is not None:
         connection = Connection(
             who.role,
@@ -248,7 +248,7 @@ async def _handle(
             connection.offer(_error(SIGNED_OUT))
         elif not state.quotas.take_scan(actor.user_id):
             await state.quotas.tripped("scan_rate", actor.user_id, actor.username, _origin(actor))
-            connection.offer(_error(quotas.TOO_FAST))
+            connection.offer(_not_saved(message, state.quotas.too_fast))
         else:
             await _save(state, connection, actor, message)
     else:
