@@ -168,6 +168,19 @@ def same_site_path(target: str) -> str | None:
     return None
 
 
+def client_key(address: str | None, secret: str) -> str:
+    """Who is signing in, for counting failures: a keyed hash, so the address itself is never
+    stored. IPv6 counts per /64, the block one subscriber gets; IPv4 per address."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        network = "unknown"
+    else:
+        prefix = 32 if ip.version == 4 else 64
+        network = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return hmac.new(secret.encode(), network.encode(), hashlib.sha256).hexdigest()
+
+
 def anonymize_ip(address: str | None) -> str | None:
     """Keep the network, drop the host: /24 for IPv4, /48 for IPv6."""
     if not address:

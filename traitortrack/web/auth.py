@@ -84,7 +84,10 @@ async def totp_submit() -> Page:
     if not await accounts.verify_second_factor(
         state.engine, user_id, code, state.clock(), origin()
     ):
-        message = "That code is not valid (or was already used). Enter the current code."
+        message = (
+            "That code is not valid or was already used. Enter the current code. After 5 "
+            "wrong codes, codes are refused for 15 minutes."
+        )
         return await render_template("auth/totp.html", message=message, next=_next_url()), 401
     who = await accounts.load_account_by_id(state.engine, user_id)
     if who is None:

@@ -23,7 +23,13 @@ from werkzeug.exceptions import HTTPException
 from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
-from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
+from traitortrack.security import (
+    anonymize_ip,
+    client_key,
+    new_token,
+    security_headers,
+    tokens_match,
+)
 from traitortrack.services.accounts import Account, Origin, load_account
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,9 @@ def csrf_token() -> str:
 
 
 def origin() -> Origin:
-    return Origin(g.get("request_id"), anonymize_ip(request.remote_addr))
+    address = request.remote_addr
+    secret = runtime().settings.session_secret
+    return Origin(g.get("request_id"), anonymize_ip(address), client_key(address, secret))
 
 
 def session_deadline(who: Account) -> float:
