@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, any_, delete, func, insert, or_, select, update
+from sqlalchemy import Row, any_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -291,6 +291,37 @@ async def verify_second_factor(
         await conn.execute(update(User).where(User.id == user_id).values(**values))
         await audit(conn, origin, action, user_id, row.username, failures=failures)
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An account someone keeps failing to sign in to, for the admins' health page."""
+
+    username: str
+    paused_addresses: int
+    second_factor_until: datetime | None
+
+
+async def select_pauses(engine: AsyncEngine, now: datetime) -> list[Pause]:
+    paused = (
+        select(SignInGuard.user_id, func.count().label("addresses"))
+        .where(SignInGuard.locked_until > now)
+        .group_by(SignInGuard.user_id)
+        .subquery()
+    )
+    second_factor = User.totp_locked_until > now
+    query = (
+        select(
+            User.username,
+            func.coalesce(paused.c.addresses, 0),
+            case((second_factor, User.totp_locked_until)),
+        )
+        .outerjoin(paused, paused.c.user_id == User.id)
+        .where(or_(paused.c.addresses.is_not(None), second_factor))
+        .order_by(func.lower(User.username))
+    )
+    async with engine.connect() as conn:
+        return [Pause(*row) for row in await conn.execute(query)]
 
 
 async def lift_pauses(conn: AsyncConnection, user_id: int) -> None:

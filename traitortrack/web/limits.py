@@ -29,8 +29,8 @@ class PrefixedRedisStore(RedisStore):
         super().__init__(address)
         self.prefix = f"{prefix}:ratelimit:"
 
-    # Redis down must not lock everyone out: the limits lapse (the 5-failure lockout, kept in
-    # PostgreSQL, still guards every account) and come back with Redis.
+    # Redis down must not lock everyone out: the limits lapse (the sign-in pauses, kept in
+    # PostgreSQL, still guard every account) and come back with Redis.
     async def get(self, key: str, default: datetime) -> datetime:
         try:
             return await super().get(self.prefix + key, default)
