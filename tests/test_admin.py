@@ -265,6 +265,27 @@ async def test_resetting_a_password_ends_the_users_sessions_and_the_new_one_work
     assert await (await signed_in_as(app, dispatcher.username, password)).signed_in()
 
 
+@pytest.mark.parametrize("lift", ["reset_password", "reactivate"])
+async def test_an_admins_reset_or_reactivation_lifts_the_users_sign_in_pauses(app, engine, lift):
+    biller = await make_actor(engine, Role.BILLER)
+    admin = await users.actor_for(engine, "admin")
+    if lift == "reactivate":
+        assert (await people.set_active(engine, admin, biller.user_id, active=False)).ok
+    async with engine.begin() as conn:
+        for pause in (
+            "INSERT INTO sign_in_guard (user_id, client, locked_until)"
+            " VALUES (:id, 'somewhere', now() + interval '15 minutes')",
+            "UPDATE \"user\" SET totp_locked_until = now() + interval '15 minutes' WHERE id = :id",
+        ):
+            await conn.execute(text(pause), {"id": biller.user_id})
+    if lift == "reactivate":
+        assert (await people.set_active(engine, admin, biller.user_id, active=True)).ok
+    else:
+        assert (await people.reset_password(engine, admin, biller.user_id)).ok
+    assert await value(engine, "SELECT count(*) FROM sign_in_guard") == 0
+    assert await value(engine, 'SELECT count(totp_locked_until) FROM "user"') == 0
+
+
 async def test_changing_a_role_ends_the_users_sessions(app, engine):
     biller = await make_actor(engine, Role.BILLER)
     their_laptop = await signed_in_as(app, biller.username)

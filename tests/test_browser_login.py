@@ -8,7 +8,7 @@ def test_a_person_signs_in_on_a_phone_and_sees_their_start_page(browser, web_ser
     page.fill("input[name=username]", "admin")
     page.fill("input[name=password]", "wrong")
     page.click("button[type=submit]")
-    assert "attempts left" in page.inner_text(".card .banner.error")
+    assert "Invalid username or password" in page.inner_text(".card .banner.error")
     sign_in(page, web_server.base, "admin", ADMIN_PASSWORD)
     assert page.inner_text("h1") == "Hello, admin"
     assert page.locator("meta[name=csrf-token]").get_attribute("content")

@@ -1,12 +1,14 @@
 """SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
 
 import asyncio
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.db import new_id, value
+from tests.web import ADMIN_PASSWORD, sign_in
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -309,3 +311,64 @@ async def test_client_id_of_sixty_four_printable_characters_is_accepted(engine, 
 
     assert result.ok
     assert await value(engine, "SELECT client_id FROM scan") == "~" * 64
+
+
+# A ?next= that a browser would follow off the site: each falls back to the home page.
+OFF_SITE_NEXT = [
+    "//evil.com/x",
+    "///evil.com/x",
+    "////evil.com/x",
+    "/\\evil.com/x",
+    "/%5Cevil.com/x",
+    "/%5cevil.com/x",
+    "\\\\evil.com/x",
+    "\\/evil.com/x",
+    "/\t/evil.com/x",
+    "/%09/evil.com/x",
+    "/\n/evil.com/x",
+    "/\r\n/evil.com/x",
+    "/%2F/evil.com/x",
+    "/%2f%2fevil.com/x",
+    "/%252F/evil.com/x",
+    "\x00//evil.com/x",
+    " /x",
+    "\t/x",
+    "/\u2028/evil.com",
+    "http://evil.com/x",
+    "HTTPS://evil.com/x",
+    "https:evil.com/x",
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "evil.com/x",
+    "%2F%2Fevil.com/x",
+]
+ON_SITE_NEXT = ["/bills", "/bags?q=SB1&page=2", "/account", "/bags/SB12345"]
+
+
+def _login_path(target: str) -> str:
+    return "/login?" + urlencode({"next": target})
+
+
+@pytest.mark.parametrize("target", OFF_SITE_NEXT)
+async def test_signing_in_with_an_off_site_next_lands_on_the_home_page(app, target):
+    response = await sign_in(app.test_client(), "admin", ADMIN_PASSWORD, path=_login_path(target))
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("target", OFF_SITE_NEXT)
+async def test_a_signed_in_visit_to_login_with_an_off_site_next_lands_on_the_home_page(app, target):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    response = await client.get(_login_path(target))
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("target", ON_SITE_NEXT)
+async def test_signing_in_with_an_on_site_next_goes_there(app, target):
+    client = app.test_client()
+    response = await sign_in(client, "admin", ADMIN_PASSWORD, path=_login_path(target))
+    assert response.headers["Location"] == target
+    assert (await client.get(_login_path(target))).headers["Location"] == target

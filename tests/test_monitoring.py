@@ -204,6 +204,18 @@ async def test_the_health_page_draws_from_our_own_scripts(app, engine):
     assert 'href="/system_health"' in home and 'href="/wall"' in home
 
 
+async def test_the_health_page_names_accounts_whose_sign_in_is_paused(app, engine):
+    biller = await _signed_in(app, engine, Role.BILLER)
+    name = (await (await biller.get("/api/v1/session")).get_json())["username"]
+    for _ in range(5):
+        await sign_in(app.test_client(), name, "wrong", address="198.51.100.7")
+    admin = await _signed_in(app, engine, Role.ADMIN)
+    html = await (await admin.get("/system_health")).get_data(as_text=True)
+    row = re.search(rf"<tr><td>{name}</td><td>(\d+)</td>", html)
+    assert row is not None and row.group(1) == "1"
+    assert f'href="/admin/audit?entity_id={name}"' in html
+
+
 # /api/v1/stats --------------------------------------------------------------------------------
 
 

@@ -41,11 +41,19 @@ async def csrf_from(client: QuartClient, path: str = "/login") -> str:
     return match.group(1)
 
 
-async def sign_in(client: QuartClient, username: str, password: str, **extra: str) -> Any:
+async def sign_in(
+    client: QuartClient,
+    username: str,
+    password: str,
+    address: str = "127.0.0.1",
+    path: str = "/login",
+) -> Any:
+    """Post the login form as a browser at ``address`` would."""
     token = await csrf_from(client)
     return await client.post(
-        "/login",
-        form={"username": username, "password": password, "csrf_token": token, **extra},
+        path,
+        form={"username": username, "password": password, "csrf_token": token},
+        scope_base={"client": (address, 50000)},
     )
 
 

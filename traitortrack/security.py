@@ -10,6 +10,7 @@ import re
 import secrets
 import string
 from datetime import datetime
+from urllib.parse import unquote
 
 import bcrypt
 import pyotp
@@ -138,6 +139,46 @@ def tokens_match(expected: str | None, given: object) -> bool:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _plainly_local(path: str) -> bool:
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and all(ch.isprintable() and not ch.isspace() for ch in path)
+    )
+
+
+def same_site_path(target: str) -> str | None:
+    """``target`` when it can only mean a path on this site, else None.
+
+    Browsers read ``\\`` as ``/`` and drop tabs and newlines, so ``/\\evil.com`` and
+    ``/<tab>/evil.com`` mean ``//evil.com``: another site. Backslashes count as slashes here,
+    any whitespace or control character refuses the target, and so does a target whose
+    percent-decoded forms would not pass too (a proxy or a later redirect may decode it).
+    """
+    form = target
+    for _ in range(3):
+        if not _plainly_local(form.replace("\\", "/")):
+            return None
+        decoded = unquote(form)
+        if decoded == form:
+            return target
+        form = decoded
+    return None
+
+
+def client_key(address: str | None, secret: str) -> str:
+    """Who is signing in, for counting failures: a keyed hash, so the address itself is never
+    stored. IPv6 counts per /64, the block one subscriber gets; IPv4 per address."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        network = "unknown"
+    else:
+        prefix = 32 if ip.version == 4 else 64
+        network = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return hmac.new(secret.encode(), network.encode(), hashlib.sha256).hexdigest()
 
 
 def anonymize_ip(address: str | None) -> str | None:

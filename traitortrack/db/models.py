@@ -65,11 +65,12 @@ class User(Base):
     area: Mapped[str | None] = mapped_column(ForeignKey("area.name", onupdate="CASCADE"))
     active: Mapped[bool] = mapped_column(server_default=text("true"))
     session_version: Mapped[int] = mapped_column(server_default=text("1"))
-    failed_logins: Mapped[int] = mapped_column(server_default=text("0"))
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     totp_enabled: Mapped[bool] = mapped_column(server_default=text("false"))
     totp_last_step: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Wrong second-factor codes in a row; the fifth pauses the second factor (migration 0005).
+    totp_failures: Mapped[int] = mapped_column(server_default=text("0"))
+    totp_locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     recovery_codes: Mapped[list[str]] = mapped_column(
         ARRAY(String(200)), server_default=text("'{}'")
     )
@@ -90,6 +91,24 @@ class UserSession(Base):
     )
     signed_in_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class SignInGuard(Base):
+    """Failed passwords for one account from one client address (migration 0005).
+
+    The address is kept only as a keyed hash. Pausing the pair, not the account, means that
+    nobody can lock the real user out from somewhere else.
+    """
+
+    __tablename__ = "sign_in_guard"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user.id", ondelete="CASCADE"), primary_key=True
+    )
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(server_default=text("0"))
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Bag(Base):

@@ -1,6 +1,12 @@
-"""Signing in: passwords with lockout, TOTP without replay, recovery codes (SPEC §5).
+"""Signing in: passwords with pauses, TOTP without replay, recovery codes (SPEC §5).
 
 Every outcome is audited in the same transaction as the change it records.
+
+Failed passwords pause the (account, client address) pair, never the whole account, so nobody
+can lock the real user out from elsewhere. Unknown user, wrong password, paused address and
+deactivated account get one answer after the same bcrypt work, so neither the words nor the
+time of the answer tell whether an account exists. The real user learns of pauses from the
+audit log and the health page.
 """
 
 import asyncio
@@ -8,10 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, any_, delete, func, insert, select, update
+from sqlalchemy import Row, any_, case, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from traitortrack.db.models import Audit, User, UserSession
+from traitortrack.db.models import Audit, SignInGuard, User, UserSession
 from traitortrack.domain.events import Event, user_changed
 from traitortrack.domain.roles import Role
 from traitortrack.security import (
@@ -28,8 +35,15 @@ from traitortrack.security import (
 from traitortrack.services.commands import Actor, Tx, write_outbox
 
 MAX_FAILED_LOGINS = 5
-LOCKOUT = timedelta(minutes=15)
-INVALID = "Invalid username or password."
+MAX_WRONG_CODES = 5
+PAUSE = timedelta(minutes=15)
+# Ten addresses paused at once (some fifty failures within a pause) is a guessing attack spread
+# over many addresses: every other address then gets one try per pause instead of five.
+UNDER_ATTACK_AT = 10
+SIGN_IN_REFUSED = (
+    "Invalid username or password. After repeated failures, sign-in from this device is "
+    "paused for 15 minutes."
+)
 INACTIVITY_LIMIT = timedelta(minutes=30)
 SHIFT_LENGTH = timedelta(hours=12)
 INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
@@ -81,10 +95,12 @@ class SignIn:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a security event came from, for the audit log."""
+    """Where a security event came from: ``ip`` anonymised for the audit log, ``client`` a
+    keyed hash of the address for counting failed sign-ins."""
 
     request_id: str | None = None
     ip: str | None = None
+    client: str = "unknown"
 
 
 _ACCOUNT_COLUMNS = (
@@ -238,8 +254,58 @@ async def load_account_by_id(engine: AsyncEngine, user_id: int) -> Account | Non
     return await _select_account(engine, User.id == user_id)
 
 
-def _minutes(delta: timedelta) -> int:
-    return max(1, -(-int(delta.total_seconds()) // 60))
+async def _claim_guard(conn: AsyncConnection, user_id: int, client: str) -> Row[Any]:
+    """The failure record of this account from this address, locked: attempts from one
+    address are counted one at a time, so a burst of them cannot slip past the pause."""
+    await conn.execute(
+        pg_insert(SignInGuard).values(user_id=user_id, client=client).on_conflict_do_nothing()
+    )
+    return (
+        await conn.execute(
+            select(SignInGuard.failures, SignInGuard.last_failure_at, SignInGuard.locked_until)
+            .where(SignInGuard.user_id == user_id, SignInGuard.client == client)
+            .with_for_update()
+        )
+    ).one()
+
+
+def _paused(until: datetime | None, now: datetime) -> bool:
+    return until is not None and until > now
+
+
+async def _count_failure(
+    conn: AsyncConnection,
+    user_id: int,
+    username: str,
+    guard: Row[Any],
+    now: datetime,
+    origin: Origin,
+) -> None:
+    recent = guard.last_failure_at is not None and guard.last_failure_at > now - PAUSE
+    failures = (guard.failures if recent else 0) + 1
+    paused_elsewhere = (
+        await conn.execute(
+            select(func.count())
+            .select_from(SignInGuard)
+            .where(SignInGuard.user_id == user_id, SignInGuard.locked_until > now)
+        )
+    ).scalar_one()
+    under_attack = paused_elsewhere >= UNDER_ATTACK_AT
+    allowed = 1 if under_attack else MAX_FAILED_LOGINS
+    pause = failures >= allowed
+    await conn.execute(
+        update(SignInGuard)
+        .where(SignInGuard.user_id == user_id, SignInGuard.client == origin.client)
+        .values(
+            failures=0 if pause else failures,
+            last_failure_at=now,
+            locked_until=now + PAUSE if pause else None,
+        )
+    )
+    if pause:
+        await audit(conn, origin, "login.locked", user_id, username, under_attack=under_attack)
+    else:
+        await audit(conn, origin, "login.failed", user_id, username, failures=failures)
 
 
 async def authenticate(
@@ -252,102 +318,139 @@ async def authenticate(
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(
-                    *_ACCOUNT_COLUMNS,
-                    User.password_hash,
-                    User.active,
-                    User.failed_logins,
-                    User.locked_until,
+                select(*_ACCOUNT_COLUMNS, User.password_hash, User.active).where(
+                    func.lower(User.username) == func.lower(username)
                 )
-                .where(func.lower(User.username) == func.lower(username))
-                .with_for_update()
             )
         ).one_or_none()
         if row is None:
             await asyncio.to_thread(burn_password_check, password)
             await audit(conn, origin, "login.unknown_user", None, None)
-            return SignIn(None, INVALID)
-        if row.locked_until is not None and row.locked_until > now:
-            await audit(conn, origin, "login.while_locked", row.id, row.username)
-            until = row.locked_until
-            return SignIn(
-                None,
-                f"Account locked after {MAX_FAILED_LOGINS} failed attempts. Try again in "
-                f"{_minutes(until - now)} minutes (at {until:%H:%M} UTC), or ask an admin.",
-            )
+            return SignIn(None, SIGN_IN_REFUSED)
+        guard = await _claim_guard(conn, row.id, origin.client)
+        # Checked whatever the answer will be: a paused address must take as long as a try.
         correct = await asyncio.to_thread(verify_password, password, row.password_hash)
-        if correct and row.active:
+        if _paused(guard.locked_until, now):
+            await audit(conn, origin, "login.while_locked", row.id, row.username)
+        elif correct and row.active:
+            stale = func.greatest(SignInGuard.last_failure_at + PAUSE, SignInGuard.locked_until)
             await conn.execute(
-                update(User)
-                .where(User.id == row.id)
-                .values(failed_logins=0, locked_until=None, last_login_at=now)
+                delete(SignInGuard).where(
+                    SignInGuard.user_id == row.id,
+                    or_(SignInGuard.client == origin.client, stale <= now),
+                )
             )
+            await conn.execute(update(User).where(User.id == row.id).values(last_login_at=now))
             await audit(conn, origin, "login.password_ok", row.id, row.username)
             return SignIn(_account(row), "Signed in.", needs_totp=row.totp_enabled)
-        if correct:
+        elif correct:
             await audit(conn, origin, "login.inactive", row.id, row.username)
-            return SignIn(None, "This account is deactivated. Ask an admin to reactivate it.")
-        failures = row.failed_logins + 1
-        if failures >= MAX_FAILED_LOGINS:
-            await conn.execute(
-                update(User)
-                .where(User.id == row.id)
-                .values(failed_logins=0, locked_until=now + LOCKOUT)
-            )
-            await audit(conn, origin, "login.locked", row.id, row.username)
-            return SignIn(
-                None,
-                f"{INVALID} The account is now locked for {_minutes(LOCKOUT)} minutes "
-                f"after {MAX_FAILED_LOGINS} failed attempts.",
-            )
-        await conn.execute(update(User).where(User.id == row.id).values(failed_logins=failures))
-        await audit(conn, origin, "login.failed", row.id, row.username, failures=failures)
-        left = MAX_FAILED_LOGINS - failures
-        return SignIn(
-            None,
-            f"{INVALID} {left} attempt{'s' * (left != 1)} left before the account is "
-            f"locked for {_minutes(LOCKOUT)} minutes.",
+        else:
+            await _count_failure(conn, row.id, row.username, guard, now, origin)
+        return SignIn(None, SIGN_IN_REFUSED)
+
+
+async def _spend_code(
+    conn: AsyncConnection, user_id: int, secret: str, code: str, now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """Accept a TOTP code once (a later time step than any accepted before) or an unused
+    recovery code, which is then spent; the audit action and details of the outcome."""
+    accepted = {"totp_failures": 0, "totp_locked_until": None}
+    step = totp_step(secret, code, now)
+    if step is not None:
+        done = await conn.execute(
+            update(User)
+            .where(User.id == user_id, User.totp_last_step < step)
+            .values(totp_last_step=step, **accepted)
+            .returning(User.id)
         )
+        return ("2fa.ok" if done.first() is not None else "2fa.replay"), {}
+    hashed = hash_recovery_code(code)
+    spent = await conn.execute(
+        update(User)
+        .where(User.id == user_id, hashed == any_(User.recovery_codes))
+        .values(recovery_codes=func.array_remove(User.recovery_codes, hashed), **accepted)
+        .returning(func.cardinality(User.recovery_codes))
+    )
+    left = spent.scalar_one_or_none()
+    if left is not None:
+        return "2fa.recovery_code", {"left": left}
+    return "2fa.failed", {}
 
 
 async def verify_second_factor(
     engine: AsyncEngine, user_id: int, code: object, now: datetime, origin: Origin
 ) -> bool:
-    """Accept a TOTP code once (a later time step than any accepted before) or an unused
-    recovery code, which is then spent."""
+    """A TOTP or recovery code for the second step of signing in. Five wrong codes in a row
+    pause the second factor for 15 minutes, right codes included."""
     if not isinstance(code, str) or not code.strip() or len(code) > 64:
         return False
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(User.username, User.totp_secret).where(User.id == user_id, User.totp_enabled)
+                select(User.username, User.totp_secret, User.totp_failures, User.totp_locked_until)
+                .where(User.id == user_id, User.totp_enabled)
+                .with_for_update()
             )
         ).one_or_none()
         if row is None or row.totp_secret is None:
             return False
-        step = totp_step(row.totp_secret, code, now)
-        if step is not None:
-            accepted = await conn.execute(
-                update(User)
-                .where(User.id == user_id, User.totp_last_step < step)
-                .values(totp_last_step=step)
-                .returning(User.id)
-            )
-            ok = accepted.first() is not None
-            await audit(conn, origin, "2fa.ok" if ok else "2fa.replay", user_id, row.username)
-            return ok
-        spent = await conn.execute(
-            update(User)
-            .where(User.id == user_id, hash_recovery_code(code) == any_(User.recovery_codes))
-            .values(recovery_codes=func.array_remove(User.recovery_codes, hash_recovery_code(code)))
-            .returning(func.cardinality(User.recovery_codes))
-        )
-        left = spent.scalar_one_or_none()
-        if left is not None:
-            await audit(conn, origin, "2fa.recovery_code", user_id, row.username, left=left)
+        if _paused(row.totp_locked_until, now):
+            await audit(conn, origin, "2fa.while_locked", user_id, row.username)
+            return False
+        action, details = await _spend_code(conn, user_id, row.totp_secret, code, now)
+        if action in {"2fa.ok", "2fa.recovery_code"}:
+            await audit(conn, origin, action, user_id, row.username, **details)
             return True
-        await audit(conn, origin, "2fa.failed", user_id, row.username)
+        failures = row.totp_failures + 1
+        if failures >= MAX_WRONG_CODES:
+            action = "2fa.locked"
+            values = {"totp_failures": 0, "totp_locked_until": now + PAUSE}
+        else:
+            values = {"totp_failures": failures}
+        await conn.execute(update(User).where(User.id == user_id).values(**values))
+        await audit(conn, origin, action, user_id, row.username, failures=failures)
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An account someone keeps failing to sign in to, for the admins' health page."""
+
+    username: str
+    paused_addresses: int
+    second_factor_until: datetime | None
+
+
+async def select_pauses(engine: AsyncEngine, now: datetime) -> list[Pause]:
+    paused = (
+        select(SignInGuard.user_id, func.count().label("addresses"))
+        .where(SignInGuard.locked_until > now)
+        .group_by(SignInGuard.user_id)
+        .subquery()
+    )
+    second_factor = User.totp_locked_until > now
+    query = (
+        select(
+            User.username,
+            func.coalesce(paused.c.addresses, 0),
+            case((second_factor, User.totp_locked_until)),
+        )
+        .outerjoin(paused, paused.c.user_id == User.id)
+        .where(or_(paused.c.addresses.is_not(None), second_factor))
+        .order_by(func.lower(User.username))
+    )
+    async with engine.connect() as conn:
+        return [Pause(*row) for row in await conn.execute(query)]
+
+
+async def lift_pauses(conn: AsyncConnection, user_id: int) -> None:
+    """After an admin's password reset or reactivation the person may sign in again at once,
+    from anywhere."""
+    await conn.execute(delete(SignInGuard).where(SignInGuard.user_id == user_id))
+    await conn.execute(
+        update(User).where(User.id == user_id).values(totp_failures=0, totp_locked_until=None)
+    )
 
 
 async def start_totp_enrolment(engine: AsyncEngine, user_id: int, secret: str) -> None:

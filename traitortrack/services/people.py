@@ -36,6 +36,7 @@ from traitortrack.security import (
     new_token,
     password_problems,
 )
+from traitortrack.services.accounts import lift_pauses
 from traitortrack.services.commands import Actor, Tx, write_outbox
 
 ACCOUNTS_LOCK_KEY = 0x74727573657273  # "trusers"; distinct from the migration lock
@@ -100,7 +101,6 @@ class Person:
     area: str | None
     active: bool
     totp_enabled: bool
-    locked_until: datetime | None
     created_at: datetime
     last_login_at: datetime | None
 
@@ -112,7 +112,6 @@ _PERSON_COLUMNS = (
     User.area,
     User.active,
     User.totp_enabled,
-    User.locked_until,
     User.created_at,
     User.last_login_at,
 )
@@ -343,7 +342,7 @@ async def set_active(engine: AsyncEngine, actor: Actor, user_id: int, active: bo
         if active:
             if person.role == Role.DISPATCHER.value and person.area is not None:
                 await _check_dispatcher_room(tx.conn, person.area, person.id)
-            values.update(failed_logins=0, locked_until=None)
+            await lift_pauses(tx.conn, person.id)
         else:
             await _check_not_last_admin(tx.conn, person, "deactivated")
             _check_not_self(tx.actor, person, "deactivate")
@@ -390,13 +389,9 @@ async def reset_password(engine: AsyncEngine, actor: Actor, user_id: int) -> Don
         await tx.conn.execute(
             update(User)
             .where(User.id == person.id)
-            .values(
-                password_hash=hashed,
-                session_version=User.session_version + 1,
-                failed_logins=0,
-                locked_until=None,
-            )
+            .values(password_hash=hashed, session_version=User.session_version + 1)
         )
+        await lift_pauses(tx.conn, person.id)
         tx.audit("user.password_reset", "user", person.username, None, {"sessions_revoked": True})
         tx.emit(user_changed(person.id, sessions_revoked=True))
         return Done(

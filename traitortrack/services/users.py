@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from traitortrack.db.models import Audit, User
 from traitortrack.domain.roles import Role
 from traitortrack.security import generate_password, hash_password, verify_password
+from traitortrack.services.accounts import lift_pauses
 from traitortrack.services.commands import Actor
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,10 @@ async def ensure_admin(engine: AsyncEngine, password: str | None) -> str | None:
                 .values(
                     password_hash=hash_password(password),
                     session_version=User.session_version + 1,
-                    failed_logins=0,
-                    locked_until=None,
                     active=True,
                 )
             )
+            await lift_pauses(conn, row.id)
             await conn.execute(
                 pg_insert(Audit).values(
                     action="user.password_reset", entity_type="user", entity_id=ADMIN_USERNAME

@@ -1,13 +1,12 @@
 """Signing in and out, the second factor, and one's own account security (SPEC §5, §8)."""
 
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, g, redirect, render_template, request, session, url_for
 
 from traitortrack.domain.roles import Role
 from traitortrack.runtime import runtime
-from traitortrack.security import new_totp_secret, totp_qr_svg, totp_uri
+from traitortrack.security import new_totp_secret, same_site_path, totp_qr_svg, totp_uri
 from traitortrack.services import accounts
 from traitortrack.web.access import STAFF, account, api, page, public
 from traitortrack.web.hooks import begin_session, end_session, origin
@@ -21,11 +20,7 @@ Page = str | Response | tuple[str, int]
 
 def _next_url() -> str:
     """Only same-site paths: a crafted ?next= must not send people to another site."""
-    target = request.args.get("next", "")
-    parts = urlsplit(target)
-    if target.startswith("/") and not target.startswith("//") and not parts.netloc:
-        return target
-    return url_for("dashboard.home")
+    return same_site_path(request.args.get("next", "")) or url_for("dashboard.home")
 
 
 async def _login_page(message: str | None = None, status: int = 200) -> tuple[str, int]:
@@ -89,7 +84,10 @@ async def totp_submit() -> Page:
     if not await accounts.verify_second_factor(
         state.engine, user_id, code, state.clock(), origin()
     ):
-        message = "That code is not valid (or was already used). Enter the current code."
+        message = (
+            "That code is not valid or was already used. Enter the current code. After 5 "
+            "wrong codes, codes are refused for 15 minutes."
+        )
         return await render_template("auth/totp.html", message=message, next=_next_url()), 401
     who = await accounts.load_account_by_id(state.engine, user_id)
     if who is None:

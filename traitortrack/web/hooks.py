@@ -23,7 +23,13 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from traitortrack.db.engine import is_unavailable
 from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
-from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
+from traitortrack.security import (
+    anonymize_ip,
+    client_key,
+    new_token,
+    security_headers,
+    tokens_match,
+)
 from traitortrack.services import accounts
 from traitortrack.services.accounts import Account, Origin
 from traitortrack.services.commands import NotSaved
@@ -60,7 +66,9 @@ def csrf_token() -> str:
 
 
 def origin() -> Origin:
-    return Origin(g.get("request_id"), anonymize_ip(request.remote_addr))
+    address = request.remote_addr
+    secret = runtime().settings.session_secret
+    return Origin(g.get("request_id"), anonymize_ip(address), client_key(address, secret))
 
 
 async def begin_session(who: Account) -> None:

@@ -15,6 +15,7 @@ from quart import Blueprint, Response, jsonify, render_template, request
 
 from traitortrack.monitoring import probes, prometheus
 from traitortrack.runtime import runtime
+from traitortrack.services.accounts import select_pauses
 from traitortrack.web.access import ADMIN, api, page
 
 blueprint = Blueprint("monitoring", __name__)
@@ -29,8 +30,11 @@ async def count_response(response: Response) -> Response:
 @blueprint.get("/system_health")
 @page(ADMIN)
 async def system_health() -> str:
+    state = runtime()
     return await render_template(
-        "monitoring/system_health.html", slow_query_ms=runtime().settings.slow_query_ms
+        "monitoring/system_health.html",
+        slow_query_ms=state.settings.slow_query_ms,
+        pauses=await select_pauses(state.engine, state.clock()),
     )
 
 
