@@ -108,6 +108,7 @@ class AppServer:
     log_path: Path
     workers: int = 1
     port: int = field(default_factory=free_port)
+    config: Path | None = None  # a Hypercorn TOML file instead of the project's hypercorn.toml
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,10 +116,11 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        config = ["--config", str(self.config)] if self.config else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "traitortrack", "serve", "--workers", str(self.workers),
-                 "--bind", f"127.0.0.1:{self.port}"],
+                 "--bind", f"127.0.0.1:{self.port}", *config],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -135,6 +137,16 @@ class AppServer:
                         return
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready within {seconds} s:\n{self.log_tail()}")
+
+    async def wait_listening(self, seconds: float = 60) -> None:
+        """Until every worker has said it listens (a server on a port that another one still
+        holds cannot be told apart by asking the port)."""
+        deadline = time.monotonic() + seconds
+        while self.log_text().count("Running on http") < self.workers:
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} is not listening:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
     def tree(self) -> list[psutil.Process]:
         """The runner and its descendants (the workers are spawned child processes)."""
@@ -159,10 +171,13 @@ class AppServer:
         if self.process is not None:
             _stop_group(self.process, grace_s=0)
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_text(self) -> str:
         with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_path.read_text(errors="replace")
         return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 @dataclass
