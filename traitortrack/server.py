@@ -60,7 +60,9 @@ def _worker(config: Config, sockets: Sockets, stop: EventType) -> None:
             if release is not None and loop.time() - released_at >= RELEASE_MEMORY_EVERY_S:
                 released_at = loop.time()
                 release()
-        await drain(app, config.graceful_timeout)
+        # Hypercorn closes the listening sockets as soon as this returns, then waits up to
+        # graceful_timeout for the connections to end: the drain goes on meanwhile.
+        drain(app)
 
     main = worker_serve(
         wrap_app(app, config.wsgi_max_body_size, "asgi"),
