@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 import uuid
 
 import psutil
@@ -62,10 +61,7 @@ async def two_workers(settings, tmp_path):
     try:
         redis.start()
         server.start()
-        await server.wait_ready()
-        deadline = time.monotonic() + 30
-        while len(_workers(server)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)  # processes give no event to wait on
+        await server.wait_listening()  # each worker listens once it has started
         yield server
     finally:
         server.stop(grace_s=3)

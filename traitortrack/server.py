@@ -114,24 +114,27 @@ def _route_hypercorn_logs_through_ours(config: Config) -> None:
 
 
 def listening_sockets(config: Config) -> list[Sockets]:
-    """A set of listening sockets for each of ``config.workers``, on the same addresses.
+    """A set of sockets for each of ``config.workers``, bound to the same addresses.
 
     Workers sharing one listening socket all wake on a new connection and the first to run
     accepts the whole burst waiting (measured: 39 of 41 new websockets on one of two workers).
     With a socket of its own per worker (SO_REUSEPORT) the kernel spreads connections over them
-    by a hash of the client's address. The runner keeps every socket open and listening: a
-    connection made while a worker restarts waits in its socket's queue for the new worker.
-    Unix sockets and inherited descriptors (``fd://``) cannot be doubled and stay shared.
+    by a hash of the client's address.
+
+    A worker starts listening on its socket once its app has started (Hypercorn does), not
+    before: connections that a starting server would queue unanswered for seconds (while its
+    workers start) go to the sockets already listening on the port, such as the old server's in
+    a deploy, or are refused at once if there are none (clients retry). Once it listens the
+    runner keeps the socket open and listening until the stop: a connection made while a worker
+    restarts waits in its socket's queue for the new worker. Unix sockets and inherited
+    descriptors (``fd://``) cannot be doubled and stay shared.
     """
     first = config.create_sockets()
-    sets = [first] + [
+    return [first] + [
         Sockets([_twin(s) for s in first.secure_sockets],
                 [_twin(s) for s in first.insecure_sockets], first.quic_sockets)
         for _ in range(1, config.workers)
     ]  # fmt: skip
-    for sock in _unique(sets):
-        sock.listen(config.backlog)
-    return sets
 
 
 def _twin(sock: socket.socket) -> socket.socket:
