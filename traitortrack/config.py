@@ -50,6 +50,8 @@ class Settings:
     # Outbox events older than this are dropped (a partition at a time); a client that was
     # away longer reloads its snapshot instead of replaying.
     event_retention_days: int = 30
+    # `serve` gives up (and exits non-zero) when a worker crashed this many times in a minute.
+    worker_crash_limit: int = 5
 
     @property
     def is_production(self) -> bool:
@@ -93,6 +95,7 @@ class Settings:
             migrate_on_start=environ.get("MIGRATE_ON_START", "1") != "0",
             timezone=environ.get("TRAITORTRACK_TZ", "Asia/Kolkata"),
             event_retention_days=int(environ.get("EVENT_RETENTION_DAYS", "30")),
+            worker_crash_limit=int(environ.get("WORKER_CRASH_LIMIT", "5")),
         )
         return settings.checked()
 
