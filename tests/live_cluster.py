@@ -154,6 +154,19 @@ class AppServer:
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
 
+    def worker_processes(self) -> list[psutil.Process]:
+        """The worker processes: forked by the runner's fork server, so the runner's
+        grandchildren (one killed and not yet reaped, a zombie, is left out)."""
+        assert self.process is not None
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children():
+                for worker in child.children():
+                    with contextlib.suppress(psutil.Error):
+                        if worker.status() != psutil.STATUS_ZOMBIE:
+                            found.append(worker)
+        return found
+
     def rss_kb(self) -> int:
         """Resident memory of the whole process tree."""
         total = 0

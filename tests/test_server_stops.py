@@ -31,10 +31,6 @@ WALLS = 6
 PASSWORD = "Secret-pass1"  # tests/conftest.py make_actor
 
 
-def _workers(server: AppServer) -> list[psutil.Process]:
-    return [p for p in server.tree()[1:] if "resource_tracker" not in " ".join(p.cmdline())]
-
-
 def _short_stops_config(directory: Path) -> Path:
     """hypercorn.toml with a stop that gives up soon (the project's waits 30 s for sockets)."""
     toml = (ROOT / "hypercorn.toml").read_text()
@@ -219,7 +215,7 @@ async def test_a_worker_that_hangs_on_stop_is_killed_after_the_grace_and_the_exi
     try:
         server.start()
         await server.wait_ready()
-        (worker,) = _workers(server)
+        (worker,) = server.worker_processes()
         metrics = Path(worker.environ()["PROMETHEUS_MULTIPROC_DIR"])
         assert await asyncio.to_thread(metrics.is_dir)
         worker.send_signal(signal.SIGSTOP)  # stuck: it will not answer SIGTERM
