@@ -2,8 +2,8 @@
 
 Hypercorn's own runner gives the app no sign that a stop has begun: open websockets (wall
 displays never close theirs) would hold every stop for the full ``graceful_timeout`` and then
-drop. This runner spawns the same workers, each on a listening socket of its own (see
-``listening_sockets``), and stops them in this order (docs/reliability.md):
+drop. This runner starts the same workers (forked: ``worker_modules``), each on a listening
+socket of its own (``listening_sockets``), and stops them in this order (docs/reliability.md):
 
 1. it closes its own copies of the listening sockets and sends each worker SIGTERM;
 2. each worker closes its listening sockets and drains its hub: in-flight scans finish and
