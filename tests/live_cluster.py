@@ -313,6 +313,18 @@ class LiveClient:
         return client
 
     @property
+    def is_open(self) -> bool:
+        return not self._reader.done()
+
+    async def wait_closed(self, seconds: float) -> int | None:
+        """The close code once the server has closed the socket, None if it is still open
+        after ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._reader)
+        return self.close_code
+
+    @property
     def last_id(self) -> int:
         """The last event id applied, as a page would persist it (max: ids increase)."""
         return max(self.event_ids, default=self.welcome["last_event_id"])

@@ -29,6 +29,11 @@ HAMMERS = 4
 HEALTH_TIMEOUT_S = 2.0
 WALLS = 6
 PASSWORD = "Secret-pass1"  # tests/conftest.py make_actor
+WAITING_FOR_USERS = """
+    SELECT count(*) FROM pg_locks
+    WHERE NOT granted AND relation = '"user"'::regclass
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 
 def _short_stops_config(directory: Path) -> Path:
@@ -91,7 +96,7 @@ async def _wall(
             outcomes.append((time.monotonic(), f"failed: {error!r}"))
         else:
             outcomes.append((time.monotonic(), "ok"))
-            while not until.is_set() and not client._reader.done():  # noqa: ASYNC110
+            while not until.is_set() and client.is_open:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             await client.close()
         await asyncio.sleep(0.1)
@@ -180,14 +185,10 @@ async def test_a_websocket_that_opens_while_the_server_drains_is_told_to_reconne
             await conn.execute(text('LOCK TABLE "user" IN ACCESS EXCLUSIVE MODE'))
             late = asyncio.create_task(_open_websocket(server, cookie))
             async with engine.connect() as watch:
-                while not await watch.scalar(  # noqa: ASYNC110
-                    text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                ):
+                while not await watch.scalar(text(WAITING_FOR_USERS)):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             server.process.terminate()
-            async with asyncio.timeout(5):
-                await wall._reader  # the open socket is drained: closed 1012
-            assert wall.close_code == 1012
+            assert await wall.wait_closed(5) == 1012  # the open socket is drained
         released_at = time.monotonic()
         async with asyncio.timeout(5):
             socket = await late
