@@ -153,6 +153,7 @@ class AppServer:
     log_path: Path
     workers: int = 1
     port: int = field(default_factory=free_port)
+    config: Path | None = None  # a Hypercorn TOML file instead of the project's hypercorn.toml
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -160,10 +161,11 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        config = ["--config", str(self.config)] if self.config else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "traitortrack", "serve", "--workers", str(self.workers),
-                 "--bind", f"127.0.0.1:{self.port}"],
+                 "--bind", f"127.0.0.1:{self.port}", *config],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -181,11 +183,34 @@ class AppServer:
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready within {seconds} s:\n{self.log_tail()}")
 
+    async def wait_listening(self, seconds: float = 60) -> None:
+        """Until every worker has said it listens (a server on a port that another one still
+        holds cannot be told apart by asking the port)."""
+        deadline = time.monotonic() + seconds
+        while self.log_text().count("Running on http") < self.workers:
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} is not listening:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
     def tree(self) -> list[psutil.Process]:
         """The runner and its descendants (the workers are spawned child processes)."""
         assert self.process is not None
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The worker processes: forked by the runner's fork server, so the runner's
+        grandchildren (one killed and not yet reaped, a zombie, is left out)."""
+        assert self.process is not None
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children():
+                for worker in child.children():
+                    with contextlib.suppress(psutil.Error):
+                        if worker.status() != psutil.STATUS_ZOMBIE:
+                            found.append(worker)
+        return found
 
     def rss_kb(self) -> int:
         """Resident memory of the whole process tree."""
@@ -204,10 +229,13 @@ class AppServer:
         if self.process is not None:
             _stop_group(self.process, grace_s=0)
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_text(self) -> str:
         with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_path.read_text(errors="replace")
         return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 @dataclass
@@ -332,6 +360,18 @@ class LiveClient:
             await client.close()
             raise
         return client
+
+    @property
+    def is_open(self) -> bool:
+        return not self._reader.done()
+
+    async def wait_closed(self, seconds: float) -> int | None:
+        """The close code once the server has closed the socket, None if it is still open
+        after ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._reader)
+        return self.close_code
 
     @property
     def last_id(self) -> int:

@@ -3,7 +3,6 @@ it counts every worker, and a worker that dies stops counting in the gauges but 
 counters (multiprocess mode, see traitortrack/monitoring/prometheus.py)."""
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -11,7 +10,6 @@ import time
 import uuid
 
 import httpx
-import psutil
 import pytest
 
 from tests.browser import server_env
@@ -21,18 +19,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 TOKEN = "scrape-" + "w" * 40
 ADMIN_PASSWORD = "Browser-pass1"  # tests/browser.py server_env
-
-
-def _workers(server: AppServer) -> list[int]:
-    """The worker processes (spawned children running the app, not the runner); a killed one
-    not yet reaped (a zombie) is not counted."""
-    found = []
-    for process in server.tree():
-        with contextlib.suppress(psutil.Error):
-            line = " ".join(process.cmdline())
-            if "spawn_main" in line and "resource_tracker" not in line:
-                found.append(process.pid)
-    return found
 
 
 def _value(body: str, name: str, labels: str = "") -> float:
@@ -80,7 +66,7 @@ async def test_every_scrape_counts_every_worker_even_after_one_dies(settings, tm
         redis.start()
         server.start()
         await server.wait_ready()
-        assert len(_workers(server)) == 2, server.log_tail()
+        assert len(server.worker_processes()) == 2, server.log_tail()
         cookie = await login(server, "admin", ADMIN_PASSWORD)
         for _ in range(6):
             sockets.append(await LiveClient.open(server, cookie, view="wall"))
@@ -109,11 +95,11 @@ async def test_every_scrape_counts_every_worker_even_after_one_dies(settings, tm
         assert system["bus"]["leader"] in {w["worker"] for w in system["workers"]}
 
         # A worker dies: the runner starts another; gauges forget the dead one, counters don't.
-        victim = _workers(server)[0]
+        victim = server.worker_processes()[0].pid
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = _workers(server)
+            alive = [w.pid for w in server.worker_processes()]
             if len(alive) == 2 and victim not in alive:
                 break
             await asyncio.sleep(0.2)

@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     from traitortrack.server import run
 
     settings = resolve_settings()
+    configure_logging(settings.is_production)
     config = Config.from_toml(str(args.config))
     config.application_path = "traitortrack:create_app()"
     if args.bind:
@@ -93,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         "printed below on the first start.",
         flush=True,
     )
-    return run(config)
+    return run(config, settings.worker_crash_limit)
 
 
 async def _migrate(settings: Settings) -> None:

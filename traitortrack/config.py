@@ -54,6 +54,8 @@ class Settings:
     scans_per_second: float = 10.0
     scan_burst: int = 30
     sockets_per_account: int = 20
+    # `serve` gives up (and exits non-zero) when a worker crashed this many times in a minute.
+    worker_crash_limit: int = 5
 
     @property
     def is_production(self) -> bool:
@@ -100,6 +102,7 @@ class Settings:
             scans_per_second=float(environ.get("SCANS_PER_SECOND", "10")),
             scan_burst=int(environ.get("SCAN_BURST", "30")),
             sockets_per_account=int(environ.get("SOCKETS_PER_ACCOUNT", "20")),
+            worker_crash_limit=int(environ.get("WORKER_CRASH_LIMIT", "5")),
         )
         return settings.checked()
 

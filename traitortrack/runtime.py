@@ -111,8 +111,9 @@ async def stop(app: Quart) -> None:
     await state.engine.dispose()
 
 
-async def drain(app: Quart, timeout_s: float) -> None:
-    """Before a stop: let in-flight scans finish, then ask websocket clients to reconnect."""
+def drain(app: Quart) -> None:
+    """Before a stop: ask websocket clients to reconnect, each once its in-flight scan is acked
+    (the server waits for the sockets to close, up to its ``graceful_timeout``)."""
     state = app.extensions.get("traitortrack")
     if state is not None:
-        await state.live.drain(timeout_s)
+        state.live.drain()

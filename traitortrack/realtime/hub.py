@@ -95,7 +95,6 @@ class Connection:
     state: State = State.PAUSED
     held: list[str] = field(default_factory=list)
     closing: Closing | None = None  # once set, the sender sends what is queued, then closes
-    finished: bool = False  # the socket is gone; the drain before a stop waits for it
     busy: bool = False  # a scan from this socket is being saved
     # Coalesced events gathered before it registered: its welcome position covers them.
     skip_pending: int = 0
@@ -182,6 +181,7 @@ class Hub:
     clock: Callable[[], datetime]
     position: int = 0  # the last event id delivered to this worker's connections
     connections: set[Connection] = field(default_factory=set)
+    draining: bool = False  # the worker is stopping: every socket is told to reconnect
     _per_user: Counter[int] = field(default_factory=Counter)  # open sockets per account
     _immediate: set[Connection] = field(default_factory=set)  # every event of their audience
     _coalesced: set[Connection] = field(default_factory=set)
@@ -194,6 +194,8 @@ class Hub:
 
     def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
         """Add a paused connection; returns the position and counters it starts from."""
+        if self.draining:
+            connection.restart()
         self.connections.add(connection)
         if connection.user_id is not None:
             self._per_user[connection.user_id] += 1
@@ -206,8 +208,15 @@ class Hub:
 
     def unregister(self, connection: Connection) -> None:
         connection.close()
-        connection.finished = True
         self._drop(connection)
+
+    def drain(self) -> None:
+        """The worker is stopping: close every socket with 1012 (each once its in-flight scan
+        is acked), and from now on every socket that registers too (its handshake was under
+        way when the drain began)."""
+        self.draining = True
+        for connection in self.connections:
+            connection.restart()
 
     def follow(self, connection: Connection, parent: str) -> None:
         """A scanner now works on ``parent``: send it what others do to that parent."""

@@ -1,7 +1,6 @@
 """The live side of a worker: hub, bus, counters and the timers that drive them."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from traitortrack.tasks import stop_tasks
 log = logging.getLogger(__name__)
 
 METRICS_EVERY_S = 1.0
-DRAIN_POLL_S = 0.05
 SWEEP_EVERY_S = 1.0
 PING_EVERY_S = 20.0  # idle sockets are cut by proxies after 60 s or more (e.g. nginx, ELB)
 
@@ -60,17 +58,10 @@ class Live:
         ]
         return live
 
-    async def drain(self, timeout_s: float) -> None:
-        """Close every socket with "service restart" once its in-flight scan is acked."""
-        connections = list(self.hub.connections)
-        for connection in connections:
-            connection.restart()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                # Sockets finish within a send or two; a short poll spares each an event.
-                while not all(c.finished for c in connections):  # noqa: ASYNC110
-                    await asyncio.sleep(DRAIN_POLL_S)
-        log.info("hub drained", extra={"connections": len(connections)})
+    def drain(self) -> None:
+        """Tell every websocket to reconnect elsewhere (close 1012), now and until the stop."""
+        log.info("draining", extra={"connections": len(self.hub.connections)})
+        self.hub.drain()
 
     async def stop(self) -> None:
         self.hub.close_all()

@@ -126,6 +126,8 @@ async def _start(state: Runtime, connection: Connection, area: str | None, socke
     socket's lifetime, which for a wall display is days.)"""
     hub = state.live.hub
     position, counters = hub.register(connection)
+    if connection.restarting:  # opened while the worker drains: closed 1012 at once
+        return None
     first = await _first_message(socket)
     hello = first if isinstance(first, dict) and first.get("type") == "hello" else None
     welcome = {
