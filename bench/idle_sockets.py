@@ -159,9 +159,7 @@ async def traced(args: argparse.Namespace, database_url: str, directory: Path) -
             for _ in range(args.sockets // 2):
                 walls.append(await open_reading_wall(server, cookie))
             await asyncio.sleep(SETTLE_S)
-            worker = next(p for p in server.processes()
-                          if "spawn_main" in (line := " ".join(p.cmdline()))
-                          and "resource_tracker" not in line)  # fmt: skip
+            (worker,) = server.workers()
             os.kill(worker.pid, signal.SIGUSR1)
             snapshot = directory / f"snapshot-{worker.pid}-{half}"
             deadline = time.monotonic() + 120

@@ -37,6 +37,19 @@ _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 # The server --------------------------------------------------------------------------------
 
 
+def worker_processes(runner_pid: int) -> list[psutil.Process]:
+    """The workers of a ``traitortrack serve``: forked by the runner's fork server, so the
+    runner's grandchildren (one killed and not yet reaped, a zombie, is left out)."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(runner_pid).children():
+            for worker in child.children():
+                with contextlib.suppress(psutil.Error):
+                    if worker.status() != psutil.STATUS_ZOMBIE:
+                        found.append(worker)
+    return found
+
+
 class CpuLimit:
     """A CPU cgroup that caps the processes started in it (a server and its workers) at
     ``cores`` of a CPU, so that a benchmark measures what a server does with a known share of
@@ -128,6 +141,9 @@ class Server:
         """The runner and its spawned workers."""
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
+
+    def workers(self) -> list[psutil.Process]:
+        return worker_processes(self.process.pid)
 
     def cpu_seconds(self) -> float:
         total = 0.0

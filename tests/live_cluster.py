@@ -30,6 +30,7 @@ import psutil
 import pytest
 import websockets
 
+from bench.live import worker_processes
 from traitortrack.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,17 +201,8 @@ class AppServer:
         return [root, *root.children(recursive=True)]
 
     def worker_processes(self) -> list[psutil.Process]:
-        """The worker processes: forked by the runner's fork server, so the runner's
-        grandchildren (one killed and not yet reaped, a zombie, is left out)."""
         assert self.process is not None
-        found = []
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.process.pid).children():
-                for worker in child.children():
-                    with contextlib.suppress(psutil.Error):
-                        if worker.status() != psutil.STATUS_ZOMBIE:
-                            found.append(worker)
-        return found
+        return worker_processes(self.process.pid)
 
     def rss_kb(self) -> int:
         """Resident memory of the whole process tree."""
