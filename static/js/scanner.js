@@ -8,12 +8,20 @@
 // parent scan. With one, a code in the parent format (SB#####, M444-#####) switches to that
 // parent - such a code is never meant as a child, and sending it as one would turn a parent
 // label into a child bag forever - and any other code is a child of the current parent.
+//
+// A wedge code that was not sent whole (wedge.js) is offered for a person to save or discard;
+// the next scan replaces the offer.
 
 import { hasCamera, startCamera } from "/static/js/camera.js";
 import { signal, soundIsOn, unlockSound } from "/static/js/feedback.js";
 import { connectLive } from "/static/js/live.js";
 import { openOutbox } from "/static/js/outbox.js";
-import { keepFocus, listenForWedge } from "/static/js/wedge.js";
+import {
+  forgetTerminator,
+  keepFocus,
+  learnedTerminator,
+  listenForWedge,
+} from "/static/js/wedge.js";
 
 const SEND_WINDOW = 20; // messages sent but not yet acked
 const RESEND_AFTER_MS = 15_000; // on the same socket an ack is only late, never lost
@@ -34,6 +42,10 @@ const ui = {
   banner: $("[data-banner]"),
   bannerTitle: $("[data-banner-title]"),
   bannerMessage: $("[data-banner-message]"),
+  confirm: $("[data-confirm]"),
+  confirmCode: $("[data-confirm-code]"),
+  confirmSave: $("[data-confirm-save]"),
+  confirmDiscard: $("[data-confirm-discard]"),
   step: $("[data-step-text]"),
   parentCode: $("[data-parent-code]"),
   parentState: $("[data-parent-state]"),
@@ -68,6 +80,21 @@ const TITLES = {
   pending: "Waiting to send",
   sending: "Sending…",
   idle: "Ready",
+  check: "Check the code",
+  interrupted: "Scan interrupted",
+};
+// Why a wedge code is offered instead of sent (wedge.js), and what to do about it.
+const CHECKS = {
+  unterminated: () =>
+    "The scanner did not end this code, so it is not saved yet: save it only if it matches " +
+    "the label.",
+  slow: () =>
+    "That was typed too slowly to be a scanner: check the code and press Save, or scan again.",
+  paused: () =>
+    "The scanner paused inside this code: check it and press Save, or scan again.",
+  tail: (head) =>
+    `This came right after a scan that was cut off (${head}…), so it may be only the end of a ` +
+    "code: check it and press Save, or scan again.",
 };
 const LINK_STATES = { live: "Online", offline: "Offline", connecting: "Connecting…" };
 const CHIPS = { ok: "OK", duplicate: "Again", rejected: "Rejected", pending: "Waiting" };
@@ -78,8 +105,9 @@ const stateKey = `tt-scanner:${user}`;
 const state = loadState();
 
 function loadState() {
-  // awaiting: the id of the latest scan, whose answer the banner is waiting for.
-  const empty = { parent: null, lastChild: null, banner: null, awaiting: null };
+  // awaiting: the id of the latest scan, whose answer the banner is waiting for; held: a wedge
+  // code offered for confirmation.
+  const empty = { parent: null, lastChild: null, banner: null, awaiting: null, held: null };
   try {
     return { ...empty, ...JSON.parse(localStorage.getItem(stateKey) ?? "{}") };
   } catch {
@@ -102,6 +130,8 @@ const defaults = {
   msPerKey: Number(root.dataset.wedgeMsPerKey),
   minChars: Number(root.dataset.wedgeMinChars),
   silenceMs: Number(root.dataset.wedgeSilenceMs),
+  stallMs: Number(root.dataset.wedgeStallMs),
+  terminator: root.dataset.wedgeTerminator,
 };
 let wedgeSettings = readWedgeSettings();
 
@@ -118,6 +148,11 @@ function showWedgeSettings() {
   form.elements.ms_per_key.value = wedgeSettings.msPerKey;
   form.elements.min_chars.value = wedgeSettings.minChars;
   form.elements.silence_ms.value = wedgeSettings.silenceMs;
+  form.elements.stall_ms.value = wedgeSettings.stallMs;
+  form.elements.terminator.value = wedgeSettings.terminator;
+  form.querySelector("[data-wedge-learned]").textContent = learnedTerminator()
+    ? `This device's scanner was seen to end its codes with ${learnedTerminator()}.`
+    : "Not seen yet: codes are offered for a check until the scanner sends Enter or Tab.";
 }
 
 ui.wedgeSettings.addEventListener("submit", (event) => {
@@ -127,11 +162,14 @@ ui.wedgeSettings.addEventListener("submit", (event) => {
     msPerKey: Number(form.ms_per_key.value),
     minChars: Number(form.min_chars.value),
     silenceMs: Number(form.silence_ms.value),
+    stallMs: Number(form.stall_ms.value),
+    terminator: form.terminator.value,
   };
   localStorage.setItem(settingsKey, JSON.stringify(wedgeSettings));
 });
 ui.wedgeReset.addEventListener("click", () => {
   localStorage.removeItem(settingsKey);
+  forgetTerminator();
   wedgeSettings = { ...defaults };
   showWedgeSettings();
 });
@@ -161,6 +199,8 @@ async function scan(raw) {
   const code = normalize(raw);
   if (!code) return;
   unlockSound().then(render);
+  state.held = null; // a new scan replaces a code on offer (never saved)
+  wedge?.settle();
   if (PARENT_FORMAT.test(code)) {
     const before = state.parent;
     const known = before?.code === code ? before : null;
@@ -179,6 +219,54 @@ async function scan(raw) {
     saveState();
     render();
   }
+}
+
+// --- Wedge codes that were not sent whole (wedge.js) -----------------------------------------
+
+let wedge = null;
+
+function offer(held) {
+  if (held === null) {
+    // Its burst went on: whatever it becomes is told next, or else nothing was saved.
+    state.held = null;
+    if (state.banner?.kind === "check") showBanner("idle", "Nothing saved.");
+    render();
+    return;
+  }
+  state.held = { ...held, code: normalize(held.code) };
+  state.awaiting = null; // a late answer to an earlier scan must not cover the question
+  showBanner("check", CHECKS[held.reason](held.head));
+  signal("check", root);
+  saveState();
+  render();
+}
+
+function interrupted({ head, tail }) {
+  state.held = null;
+  state.awaiting = null;
+  const got = tail ? `${head}… ${tail}` : `${head}…`;
+  showBanner(
+    "interrupted",
+    `The scanner stopped in the middle of a code (${got}): nothing was saved. Scan the bag again.`,
+  );
+  signal("interrupted", root);
+  saveState();
+  render();
+}
+
+function saveHeld() {
+  const held = state.held;
+  if (held) scan(held.code);
+}
+
+function discardHeld() {
+  const held = state.held;
+  if (!held) return;
+  state.held = null;
+  wedge?.settle();
+  showBanner("idle", `${held.code} discarded: nothing saved. Scan the bag again if needed.`);
+  saveState();
+  render();
 }
 
 async function undoLast() {
@@ -348,8 +436,9 @@ async function refresh() {
 
 // --- Drawing -----------------------------------------------------------------------------------
 
-function showBanner(outcome, message) {
-  state.banner = { outcome, message, at: Date.now() };
+/** `outcome`: what happened to the scan; `kind`: how it is shown (a full bag is an ok too). */
+function showBanner(outcome, message, kind = outcome) {
+  state.banner = { outcome, kind, message, at: Date.now() };
 }
 
 function pendingDelta(code) {
@@ -377,11 +466,15 @@ function render() {
     outcome: "idle",
     message: state.parent ? "Scan child bags." : "Scan a parent bag to start.",
   };
+  const kind = banner.kind ?? banner.outcome;
   ui.banner.dataset.outcome = banner.outcome;
-  ui.banner.className = `scan-banner is-${banner.outcome}`;
+  ui.banner.dataset.kind = kind;
+  ui.banner.className = `scan-banner is-${kind}`;
   ui.banner.classList.toggle("is-long", banner.message.length > 70);
-  ui.bannerTitle.textContent = TITLES[banner.outcome] ?? banner.outcome;
+  ui.bannerTitle.textContent = TITLES[kind] ?? kind;
   ui.bannerMessage.textContent = banner.message;
+  ui.confirm.hidden = state.held === null;
+  ui.confirmCode.textContent = state.held?.code ?? "";
 
   const parent = state.parent;
   root.dataset.step = parent ? "child" : "parent";
@@ -502,9 +595,11 @@ async function start() {
   showWedgeSettings();
   render();
 
-  listenForWedge({
+  wedge = listenForWedge({
     field: ui.wedge,
     onScan: scan,
+    onCheck: offer,
+    onInterrupted: interrupted,
     onIgnored: () => {
       ui.manualHint.hidden = false;
     },
@@ -526,6 +621,8 @@ async function start() {
     input.value = "";
     scan(code);
   });
+  ui.confirmSave.addEventListener("click", saveHeld);
+  ui.confirmDiscard.addEventListener("click", discardHeld);
   ui.undo.addEventListener("click", undoLast);
   ui.finish.addEventListener("click", finishParent);
   ui.clearRejected.addEventListener("click", async () => {
