@@ -4,11 +4,12 @@ scanner that stalls, has no Enter or types slowly never saves a code it did not 
 
 import pytest
 
-from tests.browser import PHONE, SCREENSHOTS, query, sign_in
+from tests.browser import PHONE, SCREENSHOTS, in_another_loop, query, sign_in
 from tests.browser import screenshot as full_page
 
 PASSWORD = "Secret-pass1"  # tests/conftest.py make_actor
 RED = "rgb(179, 38, 30)"  # --error in static/css/app.css
+GREEN = "rgb(10, 125, 50)"  # --ok
 SMALL_PHONE = {"width": 390, "height": 844}
 
 
@@ -79,6 +80,17 @@ def children_of(settings, parent: str) -> list[str]:
         parent,
     )
     return [row["code"] for row in rows]
+
+
+def stock(settings, dispatcher, parents: dict[str, list[str]]) -> None:
+    from tests.warehouse import stock as scan_all
+
+    in_another_loop(settings, lambda engine: scan_all(engine, dispatcher, parents))
+
+
+def fits(page, selector: str) -> bool:
+    """The element shows all its text: nothing cut off or hidden behind an ellipsis."""
+    return page.locator(selector).evaluate("e => e.scrollWidth <= e.clientWidth")
 
 
 def test_a_dispatcher_scans_a_parent_and_thirty_children_with_a_wedge_scanner(
@@ -485,5 +497,62 @@ def test_a_slow_scanner_is_taken_when_steady_and_asked_about_when_uneven(
     page.click("[data-confirm-save]")
     expect(banner).to_contain_text("SLOW02 linked (2/30)")
     assert children_of(settings, "SB00001") == ["SLOW01", "SLOW02"]
+    assert problems == []
+    context.close()
+
+
+def test_scanning_another_parent_mid_fill_says_which_was_left_and_offers_to_resume_it(
+    dispatcher, browser, web_server, settings, expect
+):
+    stock(settings, dispatcher, {"SB00234": ["K2341", "K2342", "K2343"]})
+    context, page, problems = open_scanner(
+        browser, web_server.base, dispatcher.username, expect, viewport=SMALL_PHONE
+    )
+    root = page.locator("[data-scanner]")
+    banner = page.locator("[data-banner]")
+    unfinished = page.locator("[data-unfinished-list] button")
+    wedge(page, "SB00044")
+    expect(banner).to_contain_text("SB00044 created (0/30)")
+    for n in range(1, 18):
+        wedge(page, f"K{n:04d}")
+    expect(page.locator("[data-progress]")).to_have_text("17/30")
+    expect(banner).to_contain_text("K0017 linked (17/30)")
+
+    wedge(page, "SB00234")
+    expect(banner).to_contain_text("Left SB00044 at 17/30 — now SB00234 3/30")
+    expect(banner).to_have_attribute("data-kind", "switched")
+    expect(banner).to_have_attribute("data-outcome", "ok")
+    expect(root).to_have_attribute("data-last-sound", "switch")
+    assert banner.evaluate("e => getComputedStyle(e).backgroundColor") != GREEN
+    expect(unfinished).to_have_count(1)
+    expect(unfinished).to_contain_text(["SB00044"])
+    expect(unfinished).to_contain_text(["17/30"])
+    assert fits(page, "[data-step-text]")
+    screenshot(page, "scanner-phone-parent-switch")
+    card = page.locator("[data-unfinished]")
+    card.evaluate("e => e.scrollIntoView({ block: 'center' })")  # clear of the bottom bar
+    card.screenshot(path=str(SCREENSHOTS / "scanner-phone-unfinished.png"))
+    assert fits(page, "[data-unfinished]")
+
+    # Kept for the shift: a reload still lists it; one tap resumes it.
+    page.reload()
+    expect(root).to_have_attribute("data-link", "live")
+    expect(unfinished).to_have_count(1)
+    unfinished.first.click()
+    expect(banner).to_contain_text("Left SB00234 at 3/30 — now SB00044 17/30")
+    expect(page.locator("[data-parent-code]")).to_have_text("SB00044")
+    expect(unfinished).to_have_count(1)
+    expect(unfinished).to_contain_text(["SB00234"])
+    wedge(page, "K0018")
+    expect(banner).to_contain_text("K0018 linked (18/30)")
+
+    # Going back to a parent that was finished or never started is no switch.
+    page.click("[data-finish]")
+    expect(banner).to_contain_text("SB00044 finished with 18/30")
+    wedge(page, "SB00234")
+    expect(banner).to_have_attribute("data-kind", "ok")
+    expect(unfinished).to_have_count(0)
+    assert len(children_of(settings, "SB00044")) == 18
+    assert len(children_of(settings, "SB00234")) == 3
     assert problems == []
     context.close()

@@ -10,6 +10,8 @@ const BEEPS = {
   pending: [[520, 0.05, "sine"]],
   // The 30th child: a rising three-note tune, "this bag is full, take the next one".
   complete: [[880, 0.1, "sine"], [1175, 0.1, "sine"], [1568, 0.2, "sine"]],
+  // Another parent while one was half full: two notes down and up, "mind the switch".
+  switch: [[988, 0.08, "sine"], [659, 0.08, "sine"], [988, 0.14, "sine"]],
   // A code offered for a person to check (no Enter, too slow, cut): a rising "question".
   check: [[523, 0.12, "triangle"], [784, 0.2, "triangle"]],
   // A scanner stopped in the middle of a code: a low warble, then scan again.
@@ -27,6 +29,7 @@ const VOLUME = {
   rejected: 0.28,
   pending: 0.2,
   complete: 0.35,
+  switch: 0.4,
   check: 0.4,
   interrupted: 0.25,
 };
@@ -37,6 +40,7 @@ const VIBRATION = {
   rejected: [300, 120, 300],
   pending: [15],
   complete: [60, 60, 60, 60, 200],
+  switch: [40, 60, 40, 60, 120],
   check: [60, 80, 200],
   interrupted: [100, 60, 100, 60, 300],
 };

@@ -9,8 +9,10 @@
 // parent - such a code is never meant as a child, and sending it as one would turn a parent
 // label into a child bag forever - and any other code is a child of the current parent.
 //
-// A wedge code that was not sent whole (wedge.js) is offered for a person to save or discard;
-// the next scan replaces the offer.
+// Scanning another parent while the current one is part filled is said out loud (its own
+// banner and sound), and the parent left behind goes on a list of unfinished parents, kept for
+// the shift, each one tap from being resumed. A wedge code that was not sent whole (wedge.js)
+// is offered for a person to save or discard; the next scan replaces the offer.
 
 import { hasCamera, startCamera } from "/static/js/camera.js";
 import { signal, soundIsOn, unlockSound } from "/static/js/feedback.js";
@@ -30,6 +32,7 @@ const GIVE_UP_WAITING_MS = 2_500; // then the scan is reported as kept on the ph
 const FLUSH_EVERY_MS = 5_000;
 const RECENT = 8;
 const PRUNE_ABOVE = 400; // records kept in the outbox before old answered ones are dropped
+const SHIFT_MS = 12 * 3600_000; // how long a parent left unfinished stays on the list
 
 const root = document.querySelector("[data-scanner]");
 const $ = (selector) => root.querySelector(selector);
@@ -46,6 +49,8 @@ const ui = {
   confirmCode: $("[data-confirm-code]"),
   confirmSave: $("[data-confirm-save]"),
   confirmDiscard: $("[data-confirm-discard]"),
+  unfinished: $("[data-unfinished]"),
+  unfinishedList: $("[data-unfinished-list]"),
   step: $("[data-step-text]"),
   parentCode: $("[data-parent-code]"),
   parentState: $("[data-parent-state]"),
@@ -80,6 +85,7 @@ const TITLES = {
   pending: "Waiting to send",
   sending: "Sending…",
   idle: "Ready",
+  switched: "Parent changed",
   check: "Check the code",
   interrupted: "Scan interrupted",
 };
@@ -106,10 +112,19 @@ const state = loadState();
 
 function loadState() {
   // awaiting: the id of the latest scan, whose answer the banner is waiting for; held: a wedge
-  // code offered for confirmation.
-  const empty = { parent: null, lastChild: null, banner: null, awaiting: null, held: null };
+  // code offered for confirmation; unfinished: parents left part filled, latest first.
+  const empty = {
+    parent: null,
+    lastChild: null,
+    banner: null,
+    awaiting: null,
+    held: null,
+    unfinished: [],
+  };
   try {
-    return { ...empty, ...JSON.parse(localStorage.getItem(stateKey) ?? "{}") };
+    const saved = { ...empty, ...JSON.parse(localStorage.getItem(stateKey) ?? "{}") };
+    saved.unfinished = saved.unfinished.filter((p) => Date.now() - p.at < SHIFT_MS);
+    return saved;
   } catch {
     return empty;
   }
@@ -204,9 +219,19 @@ async function scan(raw) {
   if (PARENT_FORMAT.test(code)) {
     const before = state.parent;
     const known = before?.code === code ? before : null;
+    // Leaving a part-filled parent for another is worth saying, and remembering.
+    const count = before && !known ? countOf(before) : 0;
+    const left =
+      count > 0 && count < MAX_CHILDREN && before.status !== "completed"
+        ? { code: before.code, children: count, at: Date.now() }
+        : null;
+    const resumed = state.unfinished.find((p) => p.code === code) ?? null;
+    state.unfinished = state.unfinished.filter((p) => p.code !== code && p.code !== left?.code);
+    if (left) state.unfinished.unshift(left);
     state.parent = { code, children: known?.children ?? null, status: known?.status ?? "pending" };
     state.lastChild = null;
-    await submit({ type: "scan", id: crypto.randomUUID(), code, as: "parent" }, { before });
+    const message = { type: "scan", id: crypto.randomUUID(), code, as: "parent" };
+    await submit(message, { before, left, resumed });
   } else if (state.parent) {
     const id = crypto.randomUUID();
     state.lastChild = { code, id };
@@ -372,10 +397,9 @@ async function applyAck(ack) {
   const { record, first } = settled;
   applyToParent(record, ack);
   if (ack.id === state.awaiting) {
-    showBanner(ack.outcome, ack.message);
-    const completes =
-      ack.outcome === "ok" && record.message.as === "child" && ack.parent?.status === "completed";
-    if (first) signal(completes ? "complete" : ack.outcome, root);
+    const { kind, text, sound } = present(record, ack);
+    showBanner(ack.outcome, text, kind);
+    if (first) signal(sound, root);
   } else if (first && ack.outcome === "rejected") {
     // An earlier scan (made offline, or overtaken) was refused: it goes to the list, loudly.
     signal("rejected", root);
@@ -384,6 +408,22 @@ async function applyAck(ack) {
   await refresh();
   render();
   flush();
+}
+
+/** How an answer is shown and heard: a parent switch has its own. */
+function present(record, ack) {
+  const message = record.message;
+  const completes = message.as === "child" && ack.parent?.status === "completed";
+  const plain = { kind: ack.outcome, text: ack.message, sound: ack.outcome };
+  if (ack.outcome !== "ok") return plain;
+  if (completes) return { ...plain, sound: "complete" };
+  const left = record.context?.left;
+  if (message.as === "parent" && left && ack.parent) {
+    const now = `${ack.parent.code} ${ack.parent.children}/${MAX_CHILDREN}`;
+    const text = `Left ${left.code} at ${left.children}/${MAX_CHILDREN} — now ${now}`;
+    return { kind: "switched", text, sound: "switch" };
+  }
+  return plain;
 }
 
 function applyToParent(record, ack) {
@@ -396,8 +436,11 @@ function applyToParent(record, ack) {
     ack.outcome === "rejected" && message.type === "scan" && message.as === "parent";
   if (refusedParent && state.parent?.code === message.code) {
     // Back to the parent being worked on before, if any: a wrong label must not end a bag.
-    state.parent = record.context?.before ?? null;
+    const { before = null, left = null, resumed = null } = record.context ?? {};
+    state.parent = before;
     state.lastChild = null;
+    state.unfinished = state.unfinished.filter((p) => p.code !== left?.code);
+    if (resumed) state.unfinished.unshift(resumed);
   }
 }
 
@@ -451,6 +494,11 @@ function pendingDelta(code) {
   return delta;
 }
 
+function countOf(parent) {
+  const count = (parent.children ?? 0) + pendingDelta(parent.code);
+  return Math.min(Math.max(count, 0), MAX_CHILDREN);
+}
+
 function render() {
   const online = navigator.onLine !== false;
   const pending = records.filter((r) => r.outcome === "pending");
@@ -479,8 +527,7 @@ function render() {
   const parent = state.parent;
   root.dataset.step = parent ? "child" : "parent";
   if (parent) {
-    const delta = pendingDelta(parent.code);
-    const count = Math.min(Math.max((parent.children ?? 0) + delta, 0), MAX_CHILDREN);
+    const count = countOf(parent);
     const complete = parent.status === "completed";
     ui.step.replaceChildren(
       complete ? "Complete · scan the next " : "Step 2 · Scan ",
@@ -513,6 +560,7 @@ function render() {
   }
   ui.undo.disabled = !parent;
   ui.finish.disabled = !parent;
+  renderUnfinished();
 
   const rejected = records.filter((r) => r.outcome === "rejected" && !r.dismissed).reverse();
   ui.rejected.hidden = rejected.length === 0;
@@ -521,6 +569,37 @@ function render() {
   ui.rejectedPill.textContent = `${rejected.length} rejected`;
   ui.rejectedList.replaceChildren(...rejected.map(item));
   ui.recentList.replaceChildren(...records.slice(-RECENT).reverse().map(item));
+}
+
+let shownUnfinished = "";
+
+function renderUnfinished() {
+  // Redrawn only when it changes: a button replaced under a finger loses the tap.
+  const key = JSON.stringify(state.unfinished);
+  if (key === shownUnfinished) return;
+  shownUnfinished = key;
+  ui.unfinished.hidden = state.unfinished.length === 0;
+  ui.unfinishedList.replaceChildren(
+    ...state.unfinished.map(({ code, children }) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "button big resume";
+      const what = document.createElement("span");
+      what.className = "resume-code";
+      what.textContent = code;
+      const count = document.createElement("span");
+      count.className = "resume-count";
+      count.textContent = `${children}/${MAX_CHILDREN}`;
+      const action = document.createElement("span");
+      action.className = "resume-action";
+      action.textContent = "Resume ›";
+      button.append(what, count, action);
+      button.addEventListener("click", () => scan(code));
+      const li = document.createElement("li");
+      li.append(button);
+      return li;
+    }),
+  );
 }
 
 function strong(text) {
