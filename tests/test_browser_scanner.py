@@ -556,3 +556,37 @@ def test_scanning_another_parent_mid_fill_says_which_was_left_and_offers_to_resu
     assert len(children_of(settings, "SB00234")) == 3
     assert problems == []
     context.close()
+
+
+def test_a_full_bag_and_an_undo_have_their_own_banners_and_the_step_fits_a_small_phone(
+    dispatcher, browser, web_server, settings, expect
+):
+    stock(settings, dispatcher, {"SB00001": [f"C{n:04d}" for n in range(1, 30)]})
+    context, page, problems = open_scanner(
+        browser, web_server.base, dispatcher.username, expect, viewport=SMALL_PHONE
+    )
+    root = page.locator("[data-scanner]")
+    banner = page.locator("[data-banner]")
+    wedge(page, "SB00001")
+    expect(banner).to_contain_text("SB00001: 29/30")
+    wedge(page, "C0030")
+    expect(banner).to_contain_text("C0030 linked (30/30)")
+    expect(banner).to_contain_text("SB00001 is full")
+    expect(banner).to_have_attribute("data-kind", "complete")
+    expect(root).to_have_attribute("data-last-sound", "complete")
+    complete = banner.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert complete != GREEN
+    assert fits(page, "[data-step-text]")
+    screenshot(page, "scanner-phone-complete-390")
+
+    page.click("[data-undo]")
+    expect(banner).to_contain_text("Removed C0030 from SB00001 (29/30)")
+    expect(banner).to_have_attribute("data-kind", "undone")
+    expect(banner).to_have_attribute("data-outcome", "ok")
+    expect(root).to_have_attribute("data-last-sound", "undo")
+    assert banner.evaluate("e => getComputedStyle(e).backgroundColor") not in {GREEN, complete}
+    assert fits(page, "[data-step-text]")
+    screenshot(page, "scanner-phone-undo-390")
+    assert len(children_of(settings, "SB00001")) == 29
+    assert problems == []
+    context.close()

@@ -12,6 +12,8 @@ const BEEPS = {
   complete: [[880, 0.1, "sine"], [1175, 0.1, "sine"], [1568, 0.2, "sine"]],
   // Another parent while one was half full: two notes down and up, "mind the switch".
   switch: [[988, 0.08, "sine"], [659, 0.08, "sine"], [988, 0.14, "sine"]],
+  // A child taken out again: a falling pair.
+  undo: [[784, 0.09, "triangle"], [523, 0.16, "triangle"]],
   // A code offered for a person to check (no Enter, too slow, cut): a rising "question".
   check: [[523, 0.12, "triangle"], [784, 0.2, "triangle"]],
   // A scanner stopped in the middle of a code: a low warble, then scan again.
@@ -30,6 +32,7 @@ const VOLUME = {
   pending: 0.2,
   complete: 0.35,
   switch: 0.4,
+  undo: 0.35,
   check: 0.4,
   interrupted: 0.25,
 };
@@ -41,6 +44,7 @@ const VIBRATION = {
   pending: [15],
   complete: [60, 60, 60, 60, 200],
   switch: [40, 60, 40, 60, 120],
+  undo: [120],
   check: [60, 80, 200],
   interrupted: [100, 60, 100, 60, 300],
 };

@@ -85,6 +85,8 @@ const TITLES = {
   pending: "Waiting to send",
   sending: "Sending…",
   idle: "Ready",
+  complete: "Bag full",
+  undone: "Undone",
   switched: "Parent changed",
   check: "Check the code",
   interrupted: "Scan interrupted",
@@ -410,13 +412,16 @@ async function applyAck(ack) {
   flush();
 }
 
-/** How an answer is shown and heard: a parent switch has its own. */
+/** How an answer is shown and heard: a full bag, an undo and a switch each have their own. */
 function present(record, ack) {
   const message = record.message;
-  const completes = message.as === "child" && ack.parent?.status === "completed";
   const plain = { kind: ack.outcome, text: ack.message, sound: ack.outcome };
   if (ack.outcome !== "ok") return plain;
-  if (completes) return { ...plain, sound: "complete" };
+  if (message.type === "undo") return { kind: "undone", text: ack.message, sound: "undo" };
+  if (message.as === "child" && ack.parent?.status === "completed") {
+    const text = `${ack.message} — ${message.parent} is full. Scan the next parent.`;
+    return { kind: "complete", text, sound: "complete" };
+  }
   const left = record.context?.left;
   if (message.as === "parent" && left && ack.parent) {
     const now = `${ack.parent.code} ${ack.parent.children}/${MAX_CHILDREN}`;
@@ -530,7 +535,7 @@ function render() {
     const count = countOf(parent);
     const complete = parent.status === "completed";
     ui.step.replaceChildren(
-      complete ? "Complete · scan the next " : "Step 2 · Scan ",
+      complete ? "Full · Scan the next " : "Step 2 · Scan ",
       strong(complete ? "parent" : "child bags"),
     );
     ui.parentCode.textContent = parent.code;
