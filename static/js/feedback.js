@@ -10,9 +10,32 @@ const BEEPS = {
   pending: [[520, 0.05, "sine"]],
   // The 30th child: a rising three-note tune, "this bag is full, take the next one".
   complete: [[880, 0.1, "sine"], [1175, 0.1, "sine"], [1568, 0.2, "sine"]],
+  // Another parent while one was half full: two notes down and up, "mind the switch".
+  switch: [[988, 0.08, "sine"], [659, 0.08, "sine"], [988, 0.14, "sine"]],
+  // A child taken out again: a falling pair.
+  undo: [[784, 0.09, "triangle"], [523, 0.16, "triangle"]],
+  // A code offered for a person to check (no Enter, too slow, cut): a rising "question".
+  check: [[523, 0.12, "triangle"], [784, 0.2, "triangle"]],
+  // A scanner stopped in the middle of a code: a low warble, then scan again.
+  interrupted: [
+    [330, 0.1, "square"],
+    [220, 0.1, "square"],
+    [330, 0.1, "square"],
+    [220, 0.2, "square"],
+  ],
 };
 const GAP_S = 0.07;
-const VOLUME = { ok: 0.35, duplicate: 0.4, rejected: 0.28, pending: 0.2, complete: 0.35 };
+const VOLUME = {
+  ok: 0.35,
+  duplicate: 0.4,
+  rejected: 0.28,
+  pending: 0.2,
+  complete: 0.35,
+  switch: 0.4,
+  undo: 0.35,
+  check: 0.4,
+  interrupted: 0.25,
+};
 // navigator.vibrate is missing on iOS, where this is simply silent.
 const VIBRATION = {
   ok: [40],
@@ -20,6 +43,10 @@ const VIBRATION = {
   rejected: [300, 120, 300],
   pending: [15],
   complete: [60, 60, 60, 60, 200],
+  switch: [40, 60, 40, 60, 120],
+  undo: [120],
+  check: [60, 80, 200],
+  interrupted: [100, 60, 100, 60, 300],
 };
 
 let audio = null;

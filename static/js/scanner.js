@@ -8,12 +8,22 @@
 // parent scan. With one, a code in the parent format (SB#####, M444-#####) switches to that
 // parent - such a code is never meant as a child, and sending it as one would turn a parent
 // label into a child bag forever - and any other code is a child of the current parent.
+//
+// Scanning another parent while the current one is part filled is said out loud (its own
+// banner and sound), and the parent left behind goes on a list of unfinished parents, kept for
+// the shift, each one tap from being resumed. A wedge code that was not sent whole (wedge.js)
+// is offered for a person to save or discard; the next scan replaces the offer.
 
 import { hasCamera, startCamera } from "/static/js/camera.js";
 import { signal, soundIsOn, unlockSound } from "/static/js/feedback.js";
 import { connectLive } from "/static/js/live.js";
 import { openOutbox } from "/static/js/outbox.js";
-import { keepFocus, listenForWedge } from "/static/js/wedge.js";
+import {
+  forgetTerminator,
+  keepFocus,
+  learnedTerminator,
+  listenForWedge,
+} from "/static/js/wedge.js";
 
 const SEND_WINDOW = 20; // messages sent but not yet acked
 const RESEND_AFTER_MS = 15_000; // on the same socket an ack is only late, never lost
@@ -22,6 +32,7 @@ const GIVE_UP_WAITING_MS = 2_500; // then the scan is reported as kept on the ph
 const FLUSH_EVERY_MS = 5_000;
 const RECENT = 8;
 const PRUNE_ABOVE = 400; // records kept in the outbox before old answered ones are dropped
+const SHIFT_MS = 12 * 3600_000; // how long a parent left unfinished stays on the list
 
 const root = document.querySelector("[data-scanner]");
 const $ = (selector) => root.querySelector(selector);
@@ -34,6 +45,12 @@ const ui = {
   banner: $("[data-banner]"),
   bannerTitle: $("[data-banner-title]"),
   bannerMessage: $("[data-banner-message]"),
+  confirm: $("[data-confirm]"),
+  confirmCode: $("[data-confirm-code]"),
+  confirmSave: $("[data-confirm-save]"),
+  confirmDiscard: $("[data-confirm-discard]"),
+  unfinished: $("[data-unfinished]"),
+  unfinishedList: $("[data-unfinished-list]"),
   step: $("[data-step-text]"),
   parentCode: $("[data-parent-code]"),
   parentState: $("[data-parent-state]"),
@@ -68,6 +85,24 @@ const TITLES = {
   pending: "Waiting to send",
   sending: "Sending…",
   idle: "Ready",
+  complete: "Bag full",
+  undone: "Undone",
+  switched: "Parent changed",
+  check: "Check the code",
+  interrupted: "Scan interrupted",
+};
+// Why a wedge code is offered instead of sent (wedge.js), and what to do about it.
+const CHECKS = {
+  unterminated: () =>
+    "The scanner did not end this code, so it is not saved yet: save it only if it matches " +
+    "the label.",
+  slow: () =>
+    "That was typed too slowly to be a scanner: check the code and press Save, or scan again.",
+  paused: () =>
+    "The scanner paused inside this code: check it and press Save, or scan again.",
+  tail: (head) =>
+    `This came right after a scan that was cut off (${head}…), so it may be only the end of a ` +
+    "code: check it and press Save, or scan again.",
 };
 const LINK_STATES = { live: "Online", offline: "Offline", connecting: "Connecting…" };
 const CHIPS = { ok: "OK", duplicate: "Again", rejected: "Rejected", pending: "Waiting" };
@@ -78,10 +113,20 @@ const stateKey = `tt-scanner:${user}`;
 const state = loadState();
 
 function loadState() {
-  // awaiting: the id of the latest scan, whose answer the banner is waiting for.
-  const empty = { parent: null, lastChild: null, banner: null, awaiting: null };
+  // awaiting: the id of the latest scan, whose answer the banner is waiting for; held: a wedge
+  // code offered for confirmation; unfinished: parents left part filled, latest first.
+  const empty = {
+    parent: null,
+    lastChild: null,
+    banner: null,
+    awaiting: null,
+    held: null,
+    unfinished: [],
+  };
   try {
-    return { ...empty, ...JSON.parse(localStorage.getItem(stateKey) ?? "{}") };
+    const saved = { ...empty, ...JSON.parse(localStorage.getItem(stateKey) ?? "{}") };
+    saved.unfinished = saved.unfinished.filter((p) => Date.now() - p.at < SHIFT_MS);
+    return saved;
   } catch {
     return empty;
   }
@@ -102,6 +147,8 @@ const defaults = {
   msPerKey: Number(root.dataset.wedgeMsPerKey),
   minChars: Number(root.dataset.wedgeMinChars),
   silenceMs: Number(root.dataset.wedgeSilenceMs),
+  stallMs: Number(root.dataset.wedgeStallMs),
+  terminator: root.dataset.wedgeTerminator,
 };
 let wedgeSettings = readWedgeSettings();
 
@@ -118,6 +165,11 @@ function showWedgeSettings() {
   form.elements.ms_per_key.value = wedgeSettings.msPerKey;
   form.elements.min_chars.value = wedgeSettings.minChars;
   form.elements.silence_ms.value = wedgeSettings.silenceMs;
+  form.elements.stall_ms.value = wedgeSettings.stallMs;
+  form.elements.terminator.value = wedgeSettings.terminator;
+  form.querySelector("[data-wedge-learned]").textContent = learnedTerminator()
+    ? `This device's scanner was seen to end its codes with ${learnedTerminator()}.`
+    : "Not seen yet: codes are offered for a check until the scanner sends Enter or Tab.";
 }
 
 ui.wedgeSettings.addEventListener("submit", (event) => {
@@ -127,11 +179,14 @@ ui.wedgeSettings.addEventListener("submit", (event) => {
     msPerKey: Number(form.ms_per_key.value),
     minChars: Number(form.min_chars.value),
     silenceMs: Number(form.silence_ms.value),
+    stallMs: Number(form.stall_ms.value),
+    terminator: form.terminator.value,
   };
   localStorage.setItem(settingsKey, JSON.stringify(wedgeSettings));
 });
 ui.wedgeReset.addEventListener("click", () => {
   localStorage.removeItem(settingsKey);
+  forgetTerminator();
   wedgeSettings = { ...defaults };
   showWedgeSettings();
 });
@@ -161,12 +216,24 @@ async function scan(raw) {
   const code = normalize(raw);
   if (!code) return;
   unlockSound().then(render);
+  state.held = null; // a new scan replaces a code on offer (never saved)
+  wedge?.settle();
   if (PARENT_FORMAT.test(code)) {
     const before = state.parent;
     const known = before?.code === code ? before : null;
+    // Leaving a part-filled parent for another is worth saying, and remembering.
+    const count = before && !known ? countOf(before) : 0;
+    const left =
+      count > 0 && count < MAX_CHILDREN && before.status !== "completed"
+        ? { code: before.code, children: count, at: Date.now() }
+        : null;
+    const resumed = state.unfinished.find((p) => p.code === code) ?? null;
+    state.unfinished = state.unfinished.filter((p) => p.code !== code && p.code !== left?.code);
+    if (left) state.unfinished.unshift(left);
     state.parent = { code, children: known?.children ?? null, status: known?.status ?? "pending" };
     state.lastChild = null;
-    await submit({ type: "scan", id: crypto.randomUUID(), code, as: "parent" }, { before });
+    const message = { type: "scan", id: crypto.randomUUID(), code, as: "parent" };
+    await submit(message, { before, left, resumed });
   } else if (state.parent) {
     const id = crypto.randomUUID();
     state.lastChild = { code, id };
@@ -179,6 +246,54 @@ async function scan(raw) {
     saveState();
     render();
   }
+}
+
+// --- Wedge codes that were not sent whole (wedge.js) -----------------------------------------
+
+let wedge = null;
+
+function offer(held) {
+  if (held === null) {
+    // Its burst went on: whatever it becomes is told next, or else nothing was saved.
+    state.held = null;
+    if (state.banner?.kind === "check") showBanner("idle", "Nothing saved.");
+    render();
+    return;
+  }
+  state.held = { ...held, code: normalize(held.code) };
+  state.awaiting = null; // a late answer to an earlier scan must not cover the question
+  showBanner("check", CHECKS[held.reason](held.head));
+  signal("check", root);
+  saveState();
+  render();
+}
+
+function interrupted({ head, tail }) {
+  state.held = null;
+  state.awaiting = null;
+  const got = tail ? `${head}… ${tail}` : `${head}…`;
+  showBanner(
+    "interrupted",
+    `The scanner stopped in the middle of a code (${got}): nothing was saved. Scan the bag again.`,
+  );
+  signal("interrupted", root);
+  saveState();
+  render();
+}
+
+function saveHeld() {
+  const held = state.held;
+  if (held) scan(held.code);
+}
+
+function discardHeld() {
+  const held = state.held;
+  if (!held) return;
+  state.held = null;
+  wedge?.settle();
+  showBanner("idle", `${held.code} discarded: nothing saved. Scan the bag again if needed.`);
+  saveState();
+  render();
 }
 
 async function undoLast() {
@@ -284,10 +399,9 @@ async function applyAck(ack) {
   const { record, first } = settled;
   applyToParent(record, ack);
   if (ack.id === state.awaiting) {
-    showBanner(ack.outcome, ack.message);
-    const completes =
-      ack.outcome === "ok" && record.message.as === "child" && ack.parent?.status === "completed";
-    if (first) signal(completes ? "complete" : ack.outcome, root);
+    const { kind, text, sound } = present(record, ack);
+    showBanner(ack.outcome, text, kind);
+    if (first) signal(sound, root);
   } else if (first && ack.outcome === "rejected") {
     // An earlier scan (made offline, or overtaken) was refused: it goes to the list, loudly.
     signal("rejected", root);
@@ -296,6 +410,25 @@ async function applyAck(ack) {
   await refresh();
   render();
   flush();
+}
+
+/** How an answer is shown and heard: a full bag, an undo and a switch each have their own. */
+function present(record, ack) {
+  const message = record.message;
+  const plain = { kind: ack.outcome, text: ack.message, sound: ack.outcome };
+  if (ack.outcome !== "ok") return plain;
+  if (message.type === "undo") return { kind: "undone", text: ack.message, sound: "undo" };
+  if (message.as === "child" && ack.parent?.status === "completed") {
+    const text = `${ack.message} — ${message.parent} is full. Scan the next parent.`;
+    return { kind: "complete", text, sound: "complete" };
+  }
+  const left = record.context?.left;
+  if (message.as === "parent" && left && ack.parent) {
+    const now = `${ack.parent.code} ${ack.parent.children}/${MAX_CHILDREN}`;
+    const text = `Left ${left.code} at ${left.children}/${MAX_CHILDREN} — now ${now}`;
+    return { kind: "switched", text, sound: "switch" };
+  }
+  return plain;
 }
 
 function applyToParent(record, ack) {
@@ -308,8 +441,11 @@ function applyToParent(record, ack) {
     ack.outcome === "rejected" && message.type === "scan" && message.as === "parent";
   if (refusedParent && state.parent?.code === message.code) {
     // Back to the parent being worked on before, if any: a wrong label must not end a bag.
-    state.parent = record.context?.before ?? null;
+    const { before = null, left = null, resumed = null } = record.context ?? {};
+    state.parent = before;
     state.lastChild = null;
+    state.unfinished = state.unfinished.filter((p) => p.code !== left?.code);
+    if (resumed) state.unfinished.unshift(resumed);
   }
 }
 
@@ -348,8 +484,9 @@ async function refresh() {
 
 // --- Drawing -----------------------------------------------------------------------------------
 
-function showBanner(outcome, message) {
-  state.banner = { outcome, message, at: Date.now() };
+/** `outcome`: what happened to the scan; `kind`: how it is shown (a full bag is an ok too). */
+function showBanner(outcome, message, kind = outcome) {
+  state.banner = { outcome, kind, message, at: Date.now() };
 }
 
 function pendingDelta(code) {
@@ -360,6 +497,11 @@ function pendingDelta(code) {
     if (message.type === "undo") delta -= 1;
   }
   return delta;
+}
+
+function countOf(parent) {
+  const count = (parent.children ?? 0) + pendingDelta(parent.code);
+  return Math.min(Math.max(count, 0), MAX_CHILDREN);
 }
 
 function render() {
@@ -377,20 +519,23 @@ function render() {
     outcome: "idle",
     message: state.parent ? "Scan child bags." : "Scan a parent bag to start.",
   };
+  const kind = banner.kind ?? banner.outcome;
   ui.banner.dataset.outcome = banner.outcome;
-  ui.banner.className = `scan-banner is-${banner.outcome}`;
+  ui.banner.dataset.kind = kind;
+  ui.banner.className = `scan-banner is-${kind}`;
   ui.banner.classList.toggle("is-long", banner.message.length > 70);
-  ui.bannerTitle.textContent = TITLES[banner.outcome] ?? banner.outcome;
+  ui.bannerTitle.textContent = TITLES[kind] ?? kind;
   ui.bannerMessage.textContent = banner.message;
+  ui.confirm.hidden = state.held === null;
+  ui.confirmCode.textContent = state.held?.code ?? "";
 
   const parent = state.parent;
   root.dataset.step = parent ? "child" : "parent";
   if (parent) {
-    const delta = pendingDelta(parent.code);
-    const count = Math.min(Math.max((parent.children ?? 0) + delta, 0), MAX_CHILDREN);
+    const count = countOf(parent);
     const complete = parent.status === "completed";
     ui.step.replaceChildren(
-      complete ? "Complete · scan the next " : "Step 2 · Scan ",
+      complete ? "Full · Scan the next " : "Step 2 · Scan ",
       strong(complete ? "parent" : "child bags"),
     );
     ui.parentCode.textContent = parent.code;
@@ -420,6 +565,7 @@ function render() {
   }
   ui.undo.disabled = !parent;
   ui.finish.disabled = !parent;
+  renderUnfinished();
 
   const rejected = records.filter((r) => r.outcome === "rejected" && !r.dismissed).reverse();
   ui.rejected.hidden = rejected.length === 0;
@@ -428,6 +574,37 @@ function render() {
   ui.rejectedPill.textContent = `${rejected.length} rejected`;
   ui.rejectedList.replaceChildren(...rejected.map(item));
   ui.recentList.replaceChildren(...records.slice(-RECENT).reverse().map(item));
+}
+
+let shownUnfinished = "";
+
+function renderUnfinished() {
+  // Redrawn only when it changes: a button replaced under a finger loses the tap.
+  const key = JSON.stringify(state.unfinished);
+  if (key === shownUnfinished) return;
+  shownUnfinished = key;
+  ui.unfinished.hidden = state.unfinished.length === 0;
+  ui.unfinishedList.replaceChildren(
+    ...state.unfinished.map(({ code, children }) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "button big resume";
+      const what = document.createElement("span");
+      what.className = "resume-code";
+      what.textContent = code;
+      const count = document.createElement("span");
+      count.className = "resume-count";
+      count.textContent = `${children}/${MAX_CHILDREN}`;
+      const action = document.createElement("span");
+      action.className = "resume-action";
+      action.textContent = "Resume ›";
+      button.append(what, count, action);
+      button.addEventListener("click", () => scan(code));
+      const li = document.createElement("li");
+      li.append(button);
+      return li;
+    }),
+  );
 }
 
 function strong(text) {
@@ -502,9 +679,11 @@ async function start() {
   showWedgeSettings();
   render();
 
-  listenForWedge({
+  wedge = listenForWedge({
     field: ui.wedge,
     onScan: scan,
+    onCheck: offer,
+    onInterrupted: interrupted,
     onIgnored: () => {
       ui.manualHint.hidden = false;
     },
@@ -526,6 +705,8 @@ async function start() {
     input.value = "";
     scan(code);
   });
+  ui.confirmSave.addEventListener("click", saveHeld);
+  ui.confirmDiscard.addEventListener("click", discardHeld);
   ui.undo.addEventListener("click", undoLast);
   ui.finish.addEventListener("click", finishParent);
   ui.clearRejected.addEventListener("click", async () => {

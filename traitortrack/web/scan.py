@@ -12,11 +12,16 @@ from traitortrack.web.access import SCANNING, account, page
 
 blueprint = Blueprint("scan", __name__)
 
-# Keyboard-wedge scanners type ~7-8 ms per key and people over 100 ms: a burst averaging at
-# most this per key, of at least this many characters, is a scan (a device may override it).
+# Keyboard-wedge scanners type ~7-8 ms per key and people over 100 ms: a burst typed at most
+# this per key (the median gap), of at least this many characters, is a scan. A code is saved
+# only when it arrives whole, ended by the scanner's Enter or Tab ("auto": learned per device);
+# one that goes this long silent without it is shown to check, and one whose keys stop for the
+# stall limit is dropped (static/js/wedge.js). A device may override each of them.
 WEDGE_MS_PER_KEY = 50
-WEDGE_MIN_CHARS = 3
+WEDGE_MIN_CHARS = 4  # no bag code is shorter (SPEC §1)
 WEDGE_SILENCE_MS = 100
+WEDGE_STALL_MS = 1500
+WEDGE_TERMINATOR = "auto"
 
 
 @blueprint.get("/scan")
@@ -34,5 +39,7 @@ async def scanner() -> str:
             "ms_per_key": WEDGE_MS_PER_KEY,
             "min_chars": WEDGE_MIN_CHARS,
             "silence_ms": WEDGE_SILENCE_MS,
+            "stall_ms": WEDGE_STALL_MS,
+            "terminator": WEDGE_TERMINATOR,
         },
     )
