@@ -55,15 +55,23 @@ def server_env(settings: Settings, directory: Path, **extra: str) -> dict[str, s
     }
 
 
-@pytest.fixture
-def web_server(settings: Settings, tmp_path: Path) -> Iterator[AppServer]:
-    server = AppServer("web", server_env(settings, tmp_path), tmp_path / "server.log")
+@contextlib.contextmanager
+def app_server(settings: Settings, directory: Path, **extra: str) -> Iterator[AppServer]:
+    """An app process on the test's database, ready, stopped afterwards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = AppServer("web", server_env(settings, directory, **extra), directory / "server.log")
     server.start()
     try:
         _wait_ready(server)
         yield server
     finally:
         server.stop(grace_s=2)
+
+
+@pytest.fixture
+def web_server(settings: Settings, tmp_path: Path) -> Iterator[AppServer]:
+    with app_server(settings, tmp_path) as server:
+        yield server
 
 
 def _wait_ready(server: AppServer, seconds: float = 60) -> None:

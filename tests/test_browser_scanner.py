@@ -4,7 +4,7 @@ scanner that stalls, has no Enter or types slowly never saves a code it did not 
 
 import pytest
 
-from tests.browser import PHONE, SCREENSHOTS, in_another_loop, query, sign_in
+from tests.browser import PHONE, SCREENSHOTS, app_server, in_another_loop, query, sign_in
 from tests.browser import screenshot as full_page
 
 PASSWORD = "Secret-pass1"  # tests/conftest.py make_actor
@@ -588,5 +588,33 @@ def test_a_full_bag_and_an_undo_have_their_own_banners_and_the_step_fits_a_small
     assert fits(page, "[data-step-text]")
     screenshot(page, "scanner-phone-undo-390")
     assert len(children_of(settings, "SB00001")) == 29
+    assert problems == []
+    context.close()
+
+
+def test_a_scan_the_server_could_not_save_says_so_and_is_sent_again_until_saved(
+    dispatcher, browser, settings, tmp_path, expect
+):
+    # A server that lets an account scan twice, then once every two seconds.
+    limited = app_server(settings, tmp_path / "limited", SCAN_BURST="2", SCANS_PER_SECOND="0.5")
+    with limited as server:
+        _scan_past_the_limit(browser, server.base, dispatcher.username, settings, expect)
+
+
+def _scan_past_the_limit(browser, base: str, username: str, settings, expect) -> None:
+    context, page, problems = open_scanner(browser, base, username, expect)
+    banner = page.locator("[data-banner]")
+    wedge(page, "SB00051")
+    expect(banner).to_contain_text("SB00051 created")
+    wedge(page, "KID0001")
+    expect(banner).to_contain_text("KID0001 linked (1/30)")
+
+    wedge(page, "KID0002")  # past the limit: not saved, and told so
+    expect(banner).to_contain_text("Too many scans")
+    expect(banner).to_contain_text("Retrying")
+    screenshot(page, "scanner-phone-not-saved-retrying")
+    expect(banner).to_contain_text("KID0002 linked (2/30)")
+
+    assert children_of(settings, "SB00051") == ["KID0001", "KID0002"]
     assert problems == []
     context.close()

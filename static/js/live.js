@@ -23,6 +23,7 @@ export function connectLive({
   onCounters = noop,
   onAck = noop,
   onMetrics = noop,
+  onError = noop,
   onStatus = noop,
   onResync = noop,
   // Extra fields for the hello (a scanner names the parent it is working on).
@@ -89,7 +90,9 @@ export function connectLive({
       } else if (data.type === "pong") {
         awaitingPong = false;
       } else if (data.type === "error") {
+        // With an id: that scan, undo or finish was not saved and may be sent again.
         console.warn("live:", data.message);
+        onError(data);
       } else {
         ({ counters: onCounters, ack: onAck, metrics: onMetrics })[data.type]?.(data);
       }

@@ -27,6 +27,7 @@ import {
 
 const SEND_WINDOW = 20; // messages sent but not yet acked
 const RESEND_AFTER_MS = 15_000; // on the same socket an ack is only late, never lost
+const RETRY_NOT_SAVED_MS = 2_000; // the server said "not saved, send it again"
 const SLOW_ACK_MS = 300; // until then the previous banner stays (no flicker per scan)
 const GIVE_UP_WAITING_MS = 2_500; // then the scan is reported as kept on the phone
 const FLUSH_EVERY_MS = 5_000;
@@ -385,6 +386,18 @@ async function flush() {
   }
 }
 
+// The server could not save it (database restarting, busy parent, too fast): it stays in the
+// outbox, and goes again shortly, with the same id.
+function onError(error) {
+  if (typeof error.id !== "string" || !inflight.has(error.id)) return;
+  inflight.set(error.id, performance.now() - RESEND_AFTER_MS + RETRY_NOT_SAVED_MS);
+  if (error.id === state.awaiting) {
+    showBanner("pending", `${error.message} Retrying…`);
+    render();
+  }
+  setTimeout(flush, RETRY_NOT_SAVED_MS);
+}
+
 // Acks are applied one at a time, in the order they came: each carries the parent's count
 // after its scan, and a later one must not be overwritten by an earlier one still saving.
 let acks = Promise.resolve();
@@ -722,6 +735,7 @@ async function start() {
   live = connectLive({
     view: "scanner",
     onAck,
+    onError,
     onEvents,
     onStatus,
     hello: () => ({ parent: state.parent?.code ?? null }),
