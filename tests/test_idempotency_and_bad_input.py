@@ -1,12 +1,14 @@
 """SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
 
 import asyncio
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.db import new_id, value
+from tests.web import ADMIN_PASSWORD, csrf_from, sign_in
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -309,3 +311,108 @@ async def test_client_id_of_sixty_four_printable_characters_is_accepted(engine, 
 
     assert result.ok
     assert await value(engine, "SELECT client_id FROM scan") == "~" * 64
+
+
+# Bad input over HTTP: refused at the edge, before any of it reaches a service or the database.
+
+CONTROL_CHARACTERS = {"NUL": "\x00", "bell": "\x07", "escape": "\x1b", "DEL": "\x7f"}
+# The issue's list: each of these answered 500 (asyncpg: invalid byte sequence) for a NUL.
+TEXT_INPUTS = {
+    "username at sign-in": ("POST", "/login", {"username": "ad{c}min", "password": "x"}),
+    "audit action filter": ("GET", "/admin/audit?action=user{c}", None),
+    "stats areas": ("GET", "/api/v1/stats?areas=jaipur{c}", None),
+    "area label": ("POST", "/admin/areas", {"name": "nagpur", "label": "Nag{c}pur"}),
+    "display label": ("POST", "/admin/displays", {"label": "TV{c}", "areas": "jaipur"}),
+    "user area": ("POST", "/admin/users", {"username": "ravi", "role": "biller", "area": "{c}"}),
+    "field name": ("POST", "/admin/areas", {"name": "nagpur", "la{c}bel": "Nagpur"}),
+}
+
+
+async def _signed_in_admin(app):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    return client, await csrf_from(client, "/")
+
+
+def _with(template, character: str):
+    if isinstance(template, str):
+        return template.replace("{c}", quote(character) if "?" in template else character)
+    return {_with(name, character): _with(field, character) for name, field in template.items()}
+
+
+@pytest.mark.parametrize("where", list(TEXT_INPUTS.values()), ids=list(TEXT_INPUTS))
+async def test_a_control_character_in_any_text_input_is_refused_and_changes_nothing(
+    app, engine, where
+):
+    method, path, form = where
+    if path == "/login":
+        client = app.test_client()
+        token = await csrf_from(client)
+    else:
+        client, token = await _signed_in_admin(app)
+    before = await snapshot(engine)
+
+    for name, character in CONTROL_CHARACTERS.items():
+        response = await client.open(
+            _with(path, character),
+            method=method,
+            form={**_with(form, character), "csrf_token": token} if form else None,
+        )
+
+        assert response.status_code == 400, name
+        body = await response.get_data(as_text=True)
+        assert "contains a control character; nothing was changed" in body, name
+        if path.startswith("/api/"):
+            assert "control character" in (await response.get_json())["error"], name
+    assert await snapshot(engine) == before
+
+
+async def test_a_control_character_in_a_json_body_is_refused_and_changes_nothing(app, engine):
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    client = app.test_client()
+    await sign_in(client, "ravi", "Secret-pass1")
+    headers = {"X-CSRF-Token": await csrf_from(client, "/")}
+    before = await snapshot(engine)
+
+    for body, flaw in (
+        ({"id": new_id(), "code": "SB12\x00345", "as": "parent"}, "control character"),
+        ({"id": new_id(), "code": "SB12345", "as": "parent", "note\x1b": "x"}, "control"),
+        ({"id": new_id(), "code": "SB12345", "as": "parent", "x": [{"y": "\x7f"}]}, "control"),
+        ({"id": new_id(), "code": "SB\ud80012345", "as": "parent"}, "lone surrogate"),
+    ):
+        response = await client.post("/api/v1/scans", json=body, headers=headers)
+
+        assert response.status_code == 400, body
+        assert flaw in (await response.get_json())["error"], body
+    assert await snapshot(engine) == before
+
+
+async def test_tabs_and_line_breaks_are_still_accepted_in_text(app, engine):
+    client, token = await _signed_in_admin(app)
+
+    response = await client.post(
+        "/bills",
+        form={
+            "client_id": new_id(),
+            "number": "B-001",
+            "capacity": "5",
+            "description": "Line one\r\n\tline two",
+            "csrf_token": token,
+        },
+    )
+
+    assert response.status_code == 303
+    assert await value(engine, "SELECT description FROM bill") == "Line one\r\n\tline two"
+
+
+async def test_a_json_request_to_a_page_gets_its_refusal_in_json(app, engine):
+    client, token = await _signed_in_admin(app)
+
+    response = await client.post(
+        "/admin/areas",
+        json={"name": "nagpur", "label": "Nag\x00pur"},
+        headers={"X-CSRF-Token": token},
+    )
+
+    assert response.status_code == 400
+    assert "control character" in (await response.get_json())["error"]

@@ -25,13 +25,13 @@ from traitortrack.logs import bind_request_id
 from traitortrack.runtime import runtime
 from traitortrack.security import anonymize_ip, new_token, security_headers, tokens_match
 from traitortrack.services.accounts import Account, Origin, load_account
+from traitortrack.web.inputs import FORM_TYPES, WRITES, check_request
 
 log = logging.getLogger(__name__)
 
 INACTIVITY_LIMIT = timedelta(minutes=30)
 SHIFT_LENGTH = timedelta(hours=12)
 INACTIVITY_ROLES = frozenset({Role.ADMIN, Role.BILLER})
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CAMERA_ENDPOINTS = frozenset({"scan.scanner"})
 # What a page fetches on its own (live refreshes): not a sign that the person is still there.
 PASSIVE_ENDPOINTS = frozenset({"static", "bills.live"})
@@ -89,6 +89,15 @@ async def _load_account() -> None:
         session["seen"] = now
 
 
+def _answers_in_json() -> bool:
+    """Refusals of API calls and of JSON requests are JSON; of anything else, a page."""
+    return (
+        request.path.startswith("/api/")
+        or request.is_json
+        or request.accept_mimetypes.best == "application/json"
+    )
+
+
 def _csrf_ok() -> bool:
     given = request.headers.get("X-CSRF-Token")
     return tokens_match(session.get("csrf"), given)
@@ -104,20 +113,15 @@ async def _before_request() -> Response | tuple[Response, int] | tuple[str, int]
         "health.ready",
     }:
         return None  # 404/405 answer on their own; nothing here can change state
+    await check_request()
     await _load_account()
-    if request.method in UNSAFE_METHODS and not _csrf_ok():
+    if request.method in WRITES and not _csrf_ok():
         form_token = (
-            (await request.form).get("csrf_token")
-            if request.mimetype
-            in {
-                "application/x-www-form-urlencoded",
-                "multipart/form-data",
-            }
-            else None
+            (await request.form).get("csrf_token") if request.mimetype in FORM_TYPES else None
         )
         if not tokens_match(session.get("csrf"), form_token):
             log.warning("csrf rejected", extra={"endpoint": request.endpoint})
-            if request.is_json or request.path.startswith("/api/"):
+            if _answers_in_json():
                 return jsonify(error=CSRF_MESSAGE), 403
             return await render_template("errors/error.html", code=403, message=CSRF_MESSAGE), 403
     return None
@@ -146,7 +150,7 @@ async def _http_error(error: HTTPException) -> Response | tuple[Response | str, 
         seconds = dict(retry).get("Retry-After")
         if seconds:
             message = f"Too many attempts. Try again in {seconds} seconds."
-    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+    if _answers_in_json():
         response = jsonify(error=message)
     else:
         response = Response(await render_template("errors/error.html", code=code, message=message))
