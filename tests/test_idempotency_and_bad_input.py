@@ -1,6 +1,7 @@
 """SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
 
 import asyncio
+import re
 from urllib.parse import quote
 
 import pytest
@@ -8,6 +9,7 @@ from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.db import new_id, value
+from tests.test_authorization_matrix import SAMPLE_ARGUMENTS
 from tests.web import ADMIN_PASSWORD, csrf_from, sign_in
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
@@ -416,3 +418,50 @@ async def test_a_json_request_to_a_page_gets_its_refusal_in_json(app, engine):
 
     assert response.status_code == 400
     assert "control character" in (await response.get_json())["error"]
+
+
+NO_ROUTE = "There is nothing here."  # the 404 page of an address that matches no route
+
+
+async def _id_routes(app, client, number: str) -> list[tuple[str, str, int, bool]]:
+    """(method, path, status, routed) of every route with an id in its path, given ``number``."""
+    token = await csrf_from(client, "/")
+    answers = []
+    for rule in app.app.url_map.iter_rules():
+        if "<int:" not in rule.rule:
+            continue
+        path = re.sub(
+            r"<(?:(int):)?(\w+)>", lambda m: number if m[1] else SAMPLE_ARGUMENTS[m[2]], rule.rule
+        )
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = await client.open(
+                path, method=method, form={"csrf_token": token} if method == "POST" else None
+            )
+            routed = NO_ROUTE not in await response.get_data(as_text=True)
+            answers.append((method, path, response.status_code, routed))
+    return answers
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["2147483648", "99999999999999999999", "0", "9" * 5000],
+    ids=["2**31", "20 digits", "zero", "5000 digits"],
+)
+async def test_an_id_outside_the_databases_integers_is_no_route_on_every_id_route(app, number):
+    client, _ = await _signed_in_admin(app)
+
+    answers = await _id_routes(app, client, number)
+
+    assert ("GET", f"/bills/{number}", 404, False) in answers
+    assert ("POST", f"/admin/displays/{number}/revoke", 404, False) in answers
+    assert ("GET", f"/exports/bills/{number}.csv", 404, False) in answers
+    assert [a for a in answers if a[2:] != (404, False)] == []
+
+
+async def test_the_largest_id_the_database_holds_still_reaches_every_id_route(app):
+    client, _ = await _signed_in_admin(app)
+
+    answers = await _id_routes(app, client, str(2**31 - 1))
+
+    assert len(answers) > 10
+    assert [answer for answer in answers if answer[2] >= 500 or not answer[3]] == []

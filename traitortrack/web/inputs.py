@@ -1,5 +1,7 @@
 """What comes in from outside, checked once at the edge, before any view or service sees it.
 
+Ids in paths (``<int:...>``) are row ids: a number no row can have matches no route (404).
+
 Every text input of a request (path values, query arguments, form field names and values,
 JSON keys and strings) is refused with a 400 if it holds a character no person types and
 PostgreSQL may not store: a control character other than tab, CR and LF (scanners end codes
@@ -16,10 +18,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from quart import g, request
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.routing import IntegerConverter
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+MAX_ROW_ID = 2**31 - 1
 MAX_JSON_DEPTH = 8  # a scan message is one flat object
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -28,6 +32,18 @@ _SHOWN_NAME = re.compile(r"[\w.-]{1,40}")
 
 class BadInput(ValueError):
     """Input refused at the edge; ``str()`` says why, for the sender."""
+
+
+class RowId(IntegerConverter):
+    """``<int:...>`` in every route: a row id, 1 to 2**31 - 1 (a PostgreSQL ``integer``).
+    Any other number is a 404 instead of a query that fails. (``NotFound``, not werkzeug's
+    ``ValidationError``: with that, a path whose rule has another method is answered 405.)"""
+
+    def to_python(self, value: str) -> int:
+        number = int(value) if len(value) <= len(str(MAX_ROW_ID)) else 0
+        if not 1 <= number <= MAX_ROW_ID:
+            raise NotFound()
+        return number
 
 
 def decode_json(raw: str | bytes) -> Any:
