@@ -465,3 +465,63 @@ async def test_the_largest_id_the_database_holds_still_reaches_every_id_route(ap
 
     assert len(answers) > 10
     assert [answer for answer in answers if answer[2] >= 500 or not answer[3]] == []
+
+
+async def _signed_in_dispatcher(app, engine):
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    client = app.test_client()
+    await sign_in(client, "ravi", "Secret-pass1")
+    return client, {"X-CSRF-Token": await csrf_from(client, "/")}
+
+
+UNREADABLE_BODIES = {
+    "30,000 nested arrays": (b"[" * 30_000, "not valid JSON"),
+    "nested too deeply": (b'{"a":' * 9 + b"1" + b"}" * 9, "nested more than 8 levels"),
+    "invalid UTF-8": (b'{"id": "\xff\xfe", "code": "SB12345", "as": "parent"}', "not UTF-8"),
+    "not JSON": (b"id=1&code=SB12345", "not valid JSON"),
+    "empty": (b"", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("body", list(UNREADABLE_BODIES.values()), ids=list(UNREADABLE_BODIES))
+async def test_an_unreadable_scan_body_is_refused_with_the_reason(app, engine, body):
+    client, headers = await _signed_in_dispatcher(app, engine)
+    raw, reason = body
+    before = await snapshot(engine)
+
+    response = await client.post(
+        "/api/v1/scans", data=raw, headers={**headers, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert reason in (await response.get_json())["error"]
+    assert await snapshot(engine) == before
+
+
+@pytest.mark.parametrize("kind", [{}, [1], 7, None, "undo", "finish", "launch"])
+async def test_the_scan_endpoint_takes_scans_only_whatever_type_the_body_names(app, engine, kind):
+    client, headers = await _signed_in_dispatcher(app, engine)
+    scan = {"id": new_id(), "code": PARENT, "as": "parent"}
+    await client.post("/api/v1/scans", json=scan, headers=headers)
+    before = await snapshot(engine)
+
+    response = await client.post(
+        "/api/v1/scans", json={"type": kind, "id": new_id(), "parent": PARENT}, headers=headers
+    )
+
+    assert response.status_code == 400
+    assert "takes scans only" in (await response.get_json())["error"]
+    assert await snapshot(engine) == before
+
+
+async def test_a_scan_body_may_still_say_it_is_a_scan(app, engine):
+    client, headers = await _signed_in_dispatcher(app, engine)
+
+    response = await client.post(
+        "/api/v1/scans",
+        json={"type": "scan", "id": new_id(), "code": PARENT, "as": "parent"},
+        headers=headers,
+    )
+
+    assert response.status_code == 200
+    assert (await response.get_json())["outcome"] == "ok"

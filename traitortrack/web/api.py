@@ -11,6 +11,7 @@ from traitortrack.version import VERSION
 from traitortrack.web.access import SCANNING, STAFF, account, api
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.hooks import origin
+from traitortrack.web.inputs import json_body
 from traitortrack.web.viewers import viewer, watching
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -21,16 +22,19 @@ MAX_EVENTS = 1_000
 @blueprint.post("/scans")
 @api(SCANNING)
 async def post_scan() -> object:
-    body = await request.get_json(force=True, silent=True)
+    body = await json_body()
     if not isinstance(body, dict):
         return jsonify(error="Send a JSON object like the websocket's scan message."), 400
+    # Undo and finish go over /ws: a body naming another type must not turn this into them.
+    if body.get("type", "scan") != "scan":
+        return jsonify(error="POST /api/v1/scans takes scans only (undo and finish: /ws)."), 400
     who = account()
     assert who is not None
     where = origin()
     actor = Actor(who.id, who.username, who.role, who.area, where.request_id, where.ip)
     state = runtime()
     try:
-        ack = await perform(state.engine, actor, {"type": "scan", **body})
+        ack = await perform(state.engine, actor, {**body, "type": "scan"})
     except BadMessage as error:
         return jsonify(error=str(error)), 400
     state.live.bus.kick()
