@@ -104,9 +104,10 @@ def _csrf_ok() -> bool:
 
 
 async def _before_request() -> Response | tuple[Response, int] | tuple[str, int] | None:
+    # Always ours: an id the client chose could be anyone's, and the audit log records this one.
+    g.request_id = uuid.uuid4().hex
     given_id = request.headers.get("X-Request-ID", "")
-    g.request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
-    bind_request_id(g.request_id)
+    bind_request_id(g.request_id, given_id if _REQUEST_ID.fullmatch(given_id) else None)
     if request.routing_exception is not None or request.endpoint in {
         "static",
         "health.health",
