@@ -366,6 +366,8 @@ async def test_a_control_character_in_any_text_input_is_refused_and_changes_noth
         assert "contains a control character; nothing was changed" in body, name
         if path.startswith("/api/"):
             assert "control character" in (await response.get_json())["error"], name
+        elif path != "/login":
+            assert 'href="/admin/users"' in body, "the refusal page keeps the admin's menu"
     assert await snapshot(engine) == before
 
 

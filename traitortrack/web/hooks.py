@@ -114,8 +114,8 @@ async def _before_request() -> Response | tuple[Response, int] | tuple[str, int]
         "health.ready",
     }:
         return None  # 404/405 answer on their own; nothing here can change state
+    await _load_account()  # first: a refused request's page still shows whose it is
     await check_request()
-    await _load_account()
     if request.method in WRITES and not _csrf_ok():
         form_token = (
             (await request.form).get("csrf_token") if request.mimetype in FORM_TYPES else None
