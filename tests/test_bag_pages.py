@@ -113,15 +113,16 @@ async def test_an_admin_deletes_a_bag_nothing_depends_on(app, engine, warehouse)
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        ("/bags?scanned_by=%00ravi&code=%00", 200),
-        ("/bags?after=%00", 200),
-        ("/bags/AB%00CD", 404),
+        # A NUL anywhere is refused at the edge (traitortrack.web.inputs), before any page.
+        ("/bags?scanned_by=%00ravi&code=%00", 400),
+        ("/bags?after=%00", 400),
+        ("/bags/AB%00CD", 400),
         ("/bags/%F0%9F%92%A9", 404),
-        ("/bills?number=%00B", 200),
+        ("/bills?number=%00B", 400),
         ("/bills?number=b%F4%8F%BF%BF", 200),
-        ("/bills?number=b&after=%00", 200),
+        ("/bills?number=b&after=%00", 400),
         ("/bills?status=lost", 200),
-        ("/exports/activity.csv?user=%00", 200),
+        ("/exports/activity.csv?user=%00", 400),
         ("/exports/bills.csv?status=lost", 400),
     ],
 )

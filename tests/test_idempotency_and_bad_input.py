@@ -1,14 +1,16 @@
 """SPEC §2: a client id is answered once; bad input of any kind is refused and writes nothing."""
 
 import asyncio
-from urllib.parse import urlencode
+import re
+from urllib.parse import quote, urlencode
 
 import pytest
 from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.db import new_id, value
-from tests.web import ADMIN_PASSWORD, sign_in
+from tests.test_authorization_matrix import SAMPLE_ARGUMENTS
+from tests.web import ADMIN_PASSWORD, csrf_from, sign_in
 from traitortrack.domain.outcomes import Outcome
 from traitortrack.domain.roles import Role
 from traitortrack.services.bags import delete_bag
@@ -372,3 +374,217 @@ async def test_signing_in_with_an_on_site_next_goes_there(app, target):
     response = await sign_in(client, "admin", ADMIN_PASSWORD, path=_login_path(target))
     assert response.headers["Location"] == target
     assert (await client.get(_login_path(target))).headers["Location"] == target
+
+
+# Bad input over HTTP: refused at the edge, before any of it reaches a service or the database.
+
+CONTROL_CHARACTERS = {"NUL": "\x00", "bell": "\x07", "escape": "\x1b", "DEL": "\x7f"}
+# The issue's list: each of these answered 500 (asyncpg: invalid byte sequence) for a NUL.
+TEXT_INPUTS = {
+    "username at sign-in": ("POST", "/login", {"username": "ad{c}min", "password": "x"}),
+    "audit action filter": ("GET", "/admin/audit?action=user{c}", None),
+    "stats areas": ("GET", "/api/v1/stats?areas=jaipur{c}", None),
+    "area label": ("POST", "/admin/areas", {"name": "nagpur", "label": "Nag{c}pur"}),
+    "display label": ("POST", "/admin/displays", {"label": "TV{c}", "areas": "jaipur"}),
+    "user area": ("POST", "/admin/users", {"username": "ravi", "role": "biller", "area": "{c}"}),
+    "field name": ("POST", "/admin/areas", {"name": "nagpur", "la{c}bel": "Nagpur"}),
+}
+
+
+async def _signed_in_admin(app):
+    client = app.test_client()
+    await sign_in(client, "admin", ADMIN_PASSWORD)
+    return client, await csrf_from(client, "/")
+
+
+def _with(template, character: str):
+    if isinstance(template, str):
+        return template.replace("{c}", quote(character) if "?" in template else character)
+    return {_with(name, character): _with(field, character) for name, field in template.items()}
+
+
+@pytest.mark.parametrize("where", list(TEXT_INPUTS.values()), ids=list(TEXT_INPUTS))
+async def test_a_control_character_in_any_text_input_is_refused_and_changes_nothing(
+    app, engine, where
+):
+    method, path, form = where
+    if path == "/login":
+        client = app.test_client()
+        token = await csrf_from(client)
+    else:
+        client, token = await _signed_in_admin(app)
+    before = await snapshot(engine)
+
+    for name, character in CONTROL_CHARACTERS.items():
+        response = await client.open(
+            _with(path, character),
+            method=method,
+            form={**_with(form, character), "csrf_token": token} if form else None,
+        )
+
+        assert response.status_code == 400, name
+        body = await response.get_data(as_text=True)
+        assert "contains a control character; nothing was changed" in body, name
+        if path.startswith("/api/"):
+            assert "control character" in (await response.get_json())["error"], name
+        elif path != "/login":
+            assert 'href="/admin/users"' in body, "the refusal page keeps the admin's menu"
+    assert await snapshot(engine) == before
+
+
+async def test_a_control_character_in_a_json_body_is_refused_and_changes_nothing(app, engine):
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    client = app.test_client()
+    await sign_in(client, "ravi", "Secret-pass1")
+    headers = {"X-CSRF-Token": await csrf_from(client, "/")}
+    before = await snapshot(engine)
+
+    for body, flaw in (
+        ({"id": new_id(), "code": "SB12\x00345", "as": "parent"}, "control character"),
+        ({"id": new_id(), "code": "SB12345", "as": "parent", "note\x1b": "x"}, "control"),
+        ({"id": new_id(), "code": "SB12345", "as": "parent", "x": [{"y": "\x7f"}]}, "control"),
+        ({"id": new_id(), "code": "SB\ud80012345", "as": "parent"}, "lone surrogate"),
+    ):
+        response = await client.post("/api/v1/scans", json=body, headers=headers)
+
+        assert response.status_code == 400, body
+        assert flaw in (await response.get_json())["error"], body
+    assert await snapshot(engine) == before
+
+
+async def test_tabs_and_line_breaks_are_still_accepted_in_text(app, engine):
+    client, token = await _signed_in_admin(app)
+
+    response = await client.post(
+        "/bills",
+        form={
+            "client_id": new_id(),
+            "number": "B-001",
+            "capacity": "5",
+            "description": "Line one\r\n\tline two",
+            "csrf_token": token,
+        },
+    )
+
+    assert response.status_code == 303
+    assert await value(engine, "SELECT description FROM bill") == "Line one\r\n\tline two"
+
+
+async def test_a_json_request_to_a_page_gets_its_refusal_in_json(app, engine):
+    client, token = await _signed_in_admin(app)
+
+    response = await client.post(
+        "/admin/areas",
+        json={"name": "nagpur", "label": "Nag\x00pur"},
+        headers={"X-CSRF-Token": token},
+    )
+
+    assert response.status_code == 400
+    assert "control character" in (await response.get_json())["error"]
+
+
+NO_ROUTE = "There is nothing here."  # the 404 page of an address that matches no route
+
+
+async def _id_routes(app, client, number: str) -> list[tuple[str, str, int, bool]]:
+    """(method, path, status, routed) of every route with an id in its path, given ``number``."""
+    token = await csrf_from(client, "/")
+    answers = []
+    for rule in app.app.url_map.iter_rules():
+        if "<int:" not in rule.rule:
+            continue
+        path = re.sub(
+            r"<(?:(int):)?(\w+)>", lambda m: number if m[1] else SAMPLE_ARGUMENTS[m[2]], rule.rule
+        )
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = await client.open(
+                path, method=method, form={"csrf_token": token} if method == "POST" else None
+            )
+            routed = NO_ROUTE not in await response.get_data(as_text=True)
+            answers.append((method, path, response.status_code, routed))
+    return answers
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["2147483648", "99999999999999999999", "0", "9" * 5000],
+    ids=["2**31", "20 digits", "zero", "5000 digits"],
+)
+async def test_an_id_outside_the_databases_integers_is_no_route_on_every_id_route(app, number):
+    client, _ = await _signed_in_admin(app)
+
+    answers = await _id_routes(app, client, number)
+
+    assert ("GET", f"/bills/{number}", 404, False) in answers
+    assert ("POST", f"/admin/displays/{number}/revoke", 404, False) in answers
+    assert ("GET", f"/exports/bills/{number}.csv", 404, False) in answers
+    assert [a for a in answers if a[2:] != (404, False)] == []
+
+
+async def test_the_largest_id_the_database_holds_still_reaches_every_id_route(app):
+    client, _ = await _signed_in_admin(app)
+
+    answers = await _id_routes(app, client, str(2**31 - 1))
+
+    assert len(answers) > 10
+    assert [answer for answer in answers if answer[2] >= 500 or not answer[3]] == []
+
+
+async def _signed_in_dispatcher(app, engine):
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    client = app.test_client()
+    await sign_in(client, "ravi", "Secret-pass1")
+    return client, {"X-CSRF-Token": await csrf_from(client, "/")}
+
+
+UNREADABLE_BODIES = {
+    "30,000 nested arrays": (b"[" * 30_000, "not valid JSON"),
+    "nested too deeply": (b'{"a":' * 9 + b"1" + b"}" * 9, "nested more than 8 levels"),
+    "invalid UTF-8": (b'{"id": "\xff\xfe", "code": "SB12345", "as": "parent"}', "not UTF-8"),
+    "not JSON": (b"id=1&code=SB12345", "not valid JSON"),
+    "empty": (b"", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("body", list(UNREADABLE_BODIES.values()), ids=list(UNREADABLE_BODIES))
+async def test_an_unreadable_scan_body_is_refused_with_the_reason(app, engine, body):
+    client, headers = await _signed_in_dispatcher(app, engine)
+    raw, reason = body
+    before = await snapshot(engine)
+
+    response = await client.post(
+        "/api/v1/scans", data=raw, headers={**headers, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert reason in (await response.get_json())["error"]
+    assert await snapshot(engine) == before
+
+
+@pytest.mark.parametrize("kind", [{}, [1], 7, None, "undo", "finish", "launch"])
+async def test_the_scan_endpoint_takes_scans_only_whatever_type_the_body_names(app, engine, kind):
+    client, headers = await _signed_in_dispatcher(app, engine)
+    scan = {"id": new_id(), "code": PARENT, "as": "parent"}
+    await client.post("/api/v1/scans", json=scan, headers=headers)
+    before = await snapshot(engine)
+
+    response = await client.post(
+        "/api/v1/scans", json={"type": kind, "id": new_id(), "parent": PARENT}, headers=headers
+    )
+
+    assert response.status_code == 400
+    assert "takes scans only" in (await response.get_json())["error"]
+    assert await snapshot(engine) == before
+
+
+async def test_a_scan_body_may_still_say_it_is_a_scan(app, engine):
+    client, headers = await _signed_in_dispatcher(app, engine)
+
+    response = await client.post(
+        "/api/v1/scans",
+        json={"type": "scan", "id": new_id(), "code": PARENT, "as": "parent"},
+        headers=headers,
+    )
+
+    assert response.status_code == 200
+    assert (await response.get_json())["outcome"] == "ok"

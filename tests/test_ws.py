@@ -95,6 +95,10 @@ async def test_undo_and_finish_of_the_current_parent_are_acked_like_scans(app, e
     ("message", "expected"),
     [
         ("not json", "JSON objects"),
+        ("[" * 30_000, "not valid JSON"),
+        ('{"a":' * 9 + "1" + "}" * 9, "nested more than 8 levels"),
+        (b'{"type": "ping", "note": "\xff"}', "not UTF-8"),
+        ('{"type": {}}', "JSON objects with a 'type'"),
         ("[1, 2]", "JSON objects"),
         ('{"type": "launch"}', "Unknown message type"),
         ('{"type": "scan", "code": "SB10001", "as": "parent"}', "needs an 'id'"),
@@ -143,6 +147,18 @@ async def test_a_scan_that_fails_unexpectedly_gets_an_error_and_the_socket_stays
         "message": "Not saved: something went wrong on our side. Send it again.",
     }
     assert (ack["id"], ack["error"]) == ("c", "PARENT_NOT_FOUND")
+
+
+async def test_an_unreadable_first_message_gets_the_welcome_then_an_error(app, engine):
+    client = await _dispatcher_client(app, engine)
+    async with client.websocket("/ws") as ws:
+        await ws.send("[" * 30_000)
+        welcome = await _receive_until(ws, "welcome")
+        error = await _receive_until(ws, "error")
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await _receive_until(ws, "pong"))["type"] == "pong"
+    assert welcome["role"] == "dispatcher"
+    assert "not valid JSON" in error["message"]
 
 
 async def test_a_reconnecting_client_gets_exactly_what_it_missed_in_order(app, engine):

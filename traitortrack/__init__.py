@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         exports,
         health,
         hooks,
+        inputs,
         limits,
         monitoring,
         scan,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     # Hooks first: the rate limits key on the account the hooks load.
     hooks.install(app)
     limits.install(app, settings)
+    app.url_map.converters["int"] = inputs.RowId  # before any route is added
     for module in (health, auth, dashboard, admin, monitoring, scan, bills, bags, exports, api, ws):
         app.register_blueprint(module.blueprint)
 

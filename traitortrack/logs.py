@@ -1,30 +1,51 @@
 """Structured logging: one line per event, JSON in production, key=value in development.
 
-Extra fields go in ``extra={...}``. Never pass passwords, TOTP secrets, cookies or full IPs.
+Extra fields go in ``extra={...}``. Never pass passwords, TOTP secrets, cookies or full IPs;
+the one secret that travels in URLs (a display link's token) is redacted from every line.
 Lines logged while a request is served carry its ``request_id`` (the one the audit log records
-and the ``X-Request-ID`` response header shows), so one id finds everything about a request.
+and the ``X-Request-ID`` response header shows), so one id finds everything about a request. We
+make that id; one the client sent is logged apart, as ``client_request_id``, never recorded.
 """
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+_DISPLAY_LINK = re.compile(r"(/display/)[^\s/?#\"']+")
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_request_ids: ContextVar[tuple[str | None, str | None]] = ContextVar(
+    "request_ids", default=(None, None)
+)
 
 
-def bind_request_id(request_id: str | None) -> None:
-    """Tag the log lines of the request (or task) being served from here on."""
-    _request_id.set(request_id)
+def bind_request_id(request_id: str | None, client_request_id: str | None = None) -> None:
+    """Tag the log lines of the request (or task) being served from here on: ``request_id``
+    is ours; an id the client sent (a proxy's, say) is only ever ``client_request_id``."""
+    _request_ids.set((request_id, client_request_id))
 
 
 class _RequestIds(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if "request_id" not in record.__dict__ and (found := _request_id.get()) is not None:
-            record.request_id = found
+        for name, found in zip(
+            ("request_id", "client_request_id"), _request_ids.get(), strict=True
+        ):
+            if found is not None and name not in record.__dict__:
+                setattr(record, name, found)
+        return True
+
+
+class _Redactions(logging.Filter):
+    """Secrets that travel in a URL are cut out of every line, Hypercorn's access log too: a
+    wall display's link (``/display/<token>``) opens the wall to whoever reads the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _DISPLAY_LINK.search(message):
+            record.msg, record.args = _DISPLAY_LINK.sub(r"\1<redacted>", message), None
         return True
 
 
@@ -60,6 +81,7 @@ def configure_logging(production: bool, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if production else KeyValueFormatter())
     handler.addFilter(_RequestIds())
+    handler.addFilter(_Redactions())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

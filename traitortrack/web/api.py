@@ -11,6 +11,7 @@ from traitortrack.version import VERSION
 from traitortrack.web.access import SCANNING, STAFF, account, api
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.hooks import origin
+from traitortrack.web.inputs import json_body
 from traitortrack.web.viewers import viewer, watching
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -21,9 +22,12 @@ MAX_EVENTS = 1_000
 @blueprint.post("/scans")
 @api(SCANNING)
 async def post_scan() -> object:
-    body = await request.get_json(force=True, silent=True)
+    body = await json_body()
     if not isinstance(body, dict):
         return jsonify(error="Send a JSON object like the websocket's scan message."), 400
+    # Undo and finish go over /ws: a body naming another type must not turn this into them.
+    if body.get("type", "scan") != "scan":
+        return jsonify(error="POST /api/v1/scans takes scans only (undo and finish: /ws)."), 400
     who = account()
     assert who is not None
     where = origin()
@@ -33,7 +37,7 @@ async def post_scan() -> object:
         await state.quotas.tripped("scan_rate", who.id, who.username, where)
         return jsonify(error=state.quotas.too_fast), 429, {"Retry-After": "1"}
     try:
-        ack = await perform(state.engine, actor, {"type": "scan", **body})
+        ack = await perform(state.engine, actor, {**body, "type": "scan"})
     except BadMessage as error:
         return jsonify(error=str(error)), 400
     state.live.bus.kick()

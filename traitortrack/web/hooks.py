@@ -33,10 +33,10 @@ from traitortrack.security import (
 from traitortrack.services import accounts
 from traitortrack.services.accounts import Account, Origin
 from traitortrack.services.commands import NotSaved
+from traitortrack.web.inputs import FORM_TYPES, WRITES, check_request
 
 log = logging.getLogger(__name__)
 
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CAMERA_ENDPOINTS = frozenset({"scan.scanner"})
 # What a page fetches on its own (live refreshes, a wall's snapshot, the health history, the
 # live connection's "still signed in?" probe): not a sign that the person is still there.
@@ -114,35 +114,40 @@ async def _load_account() -> None:
     g.account = who
 
 
+def _answers_in_json() -> bool:
+    """Refusals of API calls and of JSON requests are JSON; of anything else, a page."""
+    return (
+        request.path.startswith("/api/")
+        or request.is_json
+        or request.accept_mimetypes.best == "application/json"
+    )
+
+
 def _csrf_ok() -> bool:
     given = request.headers.get("X-CSRF-Token")
     return tokens_match(session.get("csrf"), given)
 
 
 async def _before_request() -> Response | tuple[Response, int] | tuple[str, int] | None:
+    # Always ours: an id the client chose could be anyone's, and the audit log records this one.
+    g.request_id = uuid.uuid4().hex
     given_id = request.headers.get("X-Request-ID", "")
-    g.request_id = given_id if _REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
-    bind_request_id(g.request_id)
+    bind_request_id(g.request_id, given_id if _REQUEST_ID.fullmatch(given_id) else None)
     if request.routing_exception is not None or request.endpoint in {
         "static",
         "health.health",
         "health.ready",
     }:
         return None  # 404/405 answer on their own; nothing here can change state
-    await _load_account()
-    if request.method in UNSAFE_METHODS and not _csrf_ok():
+    await _load_account()  # first: a refused request's page still shows whose it is
+    await check_request()
+    if request.method in WRITES and not _csrf_ok():
         form_token = (
-            (await request.form).get("csrf_token")
-            if request.mimetype
-            in {
-                "application/x-www-form-urlencoded",
-                "multipart/form-data",
-            }
-            else None
+            (await request.form).get("csrf_token") if request.mimetype in FORM_TYPES else None
         )
         if not tokens_match(session.get("csrf"), form_token):
             log.warning("csrf rejected", extra={"endpoint": request.endpoint})
-            if request.is_json or request.path.startswith("/api/"):
+            if _answers_in_json():
                 return jsonify(error=CSRF_MESSAGE), 403
             return await render_template("errors/error.html", code=403, message=CSRF_MESSAGE), 403
     return None
@@ -171,7 +176,7 @@ async def _http_error(error: HTTPException) -> Response | tuple[Response | str, 
         seconds = dict(retry).get("Retry-After")
         if seconds:
             message = f"Too many attempts. Try again in {seconds} seconds."
-    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+    if _answers_in_json():
         response = jsonify(error=message)
     else:
         response = Response(await render_template("errors/error.html", code=code, message=message))

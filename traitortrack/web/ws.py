@@ -8,7 +8,6 @@ sockets whose session or display link has ended.
 """
 
 import asyncio
-import json
 import logging
 import math
 import uuid
@@ -34,6 +33,7 @@ from traitortrack.services.commands import Actor, NotSaved
 from traitortrack.services.people import display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
+from traitortrack.web.inputs import BadInput, decode_json
 from traitortrack.web.wire import Socket, hand_off, keep_sockets_lean
 
 blueprint = Blueprint("ws", __name__)
@@ -169,10 +169,11 @@ async def _first_message(socket: Socket) -> Any:
 
 
 def _parse(raw: str | bytes) -> Any:
+    """The message, or the ``BadInput`` saying why it cannot be read (answered as an error)."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return "not json"
+        return decode_json(raw)
+    except BadInput as error:
+        return error
 
 
 async def _replay(state: Runtime, connection: Connection, last: object, position: int) -> list[str]:
@@ -233,6 +234,9 @@ async def _on_message(
 async def _handle(
     state: Runtime, connection: Connection, actor: Actor | None, message: Any
 ) -> None:
+    if isinstance(message, BadInput):
+        connection.offer(_error(f"{message} Messages are JSON objects with a 'type'."))
+        return
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         connection.offer(_error("Messages are JSON objects with a 'type'."))
         return
