@@ -352,11 +352,17 @@ def _login_path(target: str) -> str:
     return "/login?" + urlencode({"next": target})
 
 
+def _stays_on_site(response) -> bool:
+    """Sent to the home page, or (a control character in the address) refused outright."""
+    if response.status_code == 400:
+        return "Location" not in response.headers
+    return response.status_code == 302 and response.headers["Location"] == "/"
+
+
 @pytest.mark.parametrize("target", OFF_SITE_NEXT)
 async def test_signing_in_with_an_off_site_next_lands_on_the_home_page(app, target):
     response = await sign_in(app.test_client(), "admin", ADMIN_PASSWORD, path=_login_path(target))
-    assert response.status_code == 302
-    assert response.headers["Location"] == "/"
+    assert _stays_on_site(response)
 
 
 @pytest.mark.parametrize("target", OFF_SITE_NEXT)
@@ -364,8 +370,7 @@ async def test_a_signed_in_visit_to_login_with_an_off_site_next_lands_on_the_hom
     client = app.test_client()
     await sign_in(client, "admin", ADMIN_PASSWORD)
     response = await client.get(_login_path(target))
-    assert response.status_code == 302
-    assert response.headers["Location"] == "/"
+    assert _stays_on_site(response)
 
 
 @pytest.mark.parametrize("target", ON_SITE_NEXT)

@@ -81,7 +81,8 @@ async def check_request() -> None:
         return
     if request.mimetype in FORM_TYPES:
         _check("field", (await request.form).items(multi=True))
-    elif request.is_json or request.path.startswith("/api/"):
+    elif (request.is_json or request.path.startswith("/api/")) and await request.get_data():
+        # (An empty body is no JSON to check: "stay signed in" posts nothing.)
         _check("JSON field", _json_pairs(await json_body()))
 
 
