@@ -1,6 +1,12 @@
 from sqlalchemy import text
 
-from traitortrack.realtime.outbox import HOLE_EDGE, OutboxReader, newest_id
+from traitortrack.realtime.outbox import (
+    HOLE_EDGE,
+    OutboxReader,
+    Settling,
+    current_snapshot,
+    newest_id,
+)
 
 INSERT = text(
     "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
@@ -87,3 +93,18 @@ async def test_a_jump_of_the_id_sequence_is_passed_with_a_bounded_watch_on_its_e
         assert [e.id for e in await reader.late(poll)] == [straggler]
         ticks.now = 3.5 + reader.watch_s
         assert await reader.late(poll) == [] and reader._skipped == {}
+
+
+async def test_a_reader_starting_above_an_id_in_flight_delivers_it_once_it_commits(engine):
+    async with engine.connect() as slow, engine.connect() as fast, engine.connect() as poll:
+        straggler = (await slow.execute(INSERT)).scalar_one()
+        await fast.execute(INSERT)
+        await fast.commit()
+        position = await newest_id(poll)  # a new relay starts at the newest id
+        reader = OutboxReader(position, settling=Settling(position, await current_snapshot(poll)))
+        await poll.rollback()
+        assert await reader.poll(poll) == [] and await reader.late(poll) == []
+        await slow.commit()
+        assert await reader.poll(poll) == []
+        assert [e.id for e in await reader.late(poll)] == [straggler]
+        assert await reader.late(poll) == [] and reader.settling is None

@@ -9,6 +9,10 @@ Two buses with one interface:
   (``prev`` past its position) reads the missing range from the outbox first. While Redis is
   unreachable each worker follows the outbox on its own, so local clients keep getting events
   and nothing is missed when Redis returns.
+
+Both start from the hub's position, the newest id when the worker started: events below it still
+in flight then are delivered as they commit (``Settling``), by each worker to its own hub, and by
+a worker that becomes the relay to everyone.
 """
 
 import asyncio
@@ -28,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from traitortrack.domain.events import Event
 from traitortrack.realtime.hub import Hub
-from traitortrack.realtime.outbox import OutboxReader, events_between
+from traitortrack.realtime.outbox import OutboxReader, Settling, current_snapshot, events_between
 from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ CATCH_UP_LIMIT = 100_000
 class LocalBus:
     engine: AsyncEngine
     hub: Hub
+    settling: Settling | None = None  # the in-flight events below the hub's start position
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -58,6 +63,26 @@ class LocalBus:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow_outbox(lambda: True)))
+        self._start_settling()
+
+    def _start_settling(self) -> None:
+        if self.settling is not None:
+            self._tasks.append(asyncio.create_task(self._settle(self.settling)))
+
+    async def _settle(self, settling: Settling) -> None:
+        """Deliver to the local hub the events below its start that were in flight then."""
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    while True:
+                        if late := await settling.poll(conn):
+                            self.hub.deliver((), late)
+                        if settling.done:
+                            return
+                        await asyncio.sleep(POLL_INTERVAL_S)
+            except (DBAPIError, OSError) as error:
+                log.warning("start settling lost the database", extra={"error": repr(error)})
+                await asyncio.sleep(1)
 
     async def stop(self) -> None:
         await stop_tasks(*self._tasks)
@@ -125,6 +150,7 @@ class RedisBus(LocalBus):
             asyncio.create_task(self._lead()),
             asyncio.create_task(self._follow_outbox(self._degraded)),
         ]
+        self._start_settling()
 
     def _degraded(self) -> bool:
         """Redis has been silent too long (the leader beats every second): follow the outbox."""
@@ -186,7 +212,9 @@ class RedisBus(LocalBus):
         await conn.commit()
         self.leader = True
         log.info("this worker now relays the outbox to Redis")
-        reader = OutboxReader(self.hub.position)
+        # Ids below the position still in flight: the previous relay was waiting for them.
+        position = self.hub.position
+        reader = OutboxReader(position, settling=Settling(position, await current_snapshot(conn)))
         publisher = Redis.from_url(self.redis_url)
         last_beat = 0.0
         try:

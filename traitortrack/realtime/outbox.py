@@ -5,6 +5,9 @@ while 100 is still in flight, and a rolled-back transaction leaves a hole foreve
 delivers ids strictly in order: at a hole it waits until every transaction that was running
 when the hole was first seen has ended (``pg_snapshot_xmin`` has passed that snapshot's
 ``xmax``); if the id is still missing then, it never will be, and the reader moves past it.
+
+A reader (or a hub) that starts at the newest id cannot see ids below it that are still in
+flight: ``Settling`` finds those by transaction (``event.xid``) once they commit.
 """
 
 import time
@@ -23,6 +26,9 @@ BATCH = 500
 # the sequence (setval, a restore), and only ids next to ones handed out can still commit.
 HOLE_EDGE = 1_000
 MAX_WATCHED = 10_000  # skipped ids watched at once (the oldest are let go first)
+# Xids past a snapshot's xmax still searched for ids below its position: an INSERT takes its id
+# a moment before its xid, so a snapshot can fall between the two (microseconds apart).
+XID_SLACK = 100
 
 _POLL = text(
     """
@@ -51,12 +57,36 @@ _LATE = text(
 )
 
 
+# Events at or below :position of transactions not yet committed in :since (found through
+# ix_event_xid), and whether all of those transactions have ended, as of one snapshot.
+_SETTLING = text(
+    """
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax(s.since) AS done,
+           e.id, e.kind, e.area, e.payload, e.at
+    FROM (SELECT CAST(CAST(:since AS text) AS pg_snapshot) AS since) AS s
+    LEFT JOIN LATERAL (
+        SELECT id, kind, area, payload, at FROM event
+        WHERE xid >= pg_snapshot_xmin(s.since)::text::bigint
+          AND xid < pg_snapshot_xmax(s.since)::text::bigint + :slack
+          AND id <= :position
+          AND NOT pg_visible_in_snapshot(xid::text::xid8, s.since)
+        ORDER BY id
+    ) AS e ON true
+    """
+)
+
+
 def to_event(row: Any) -> Event:
     return Event(row.id, row.kind, row.at.isoformat(), row.area, row.payload)
 
 
 async def newest_id(conn: AsyncConnection) -> int:
     return (await conn.execute(text("SELECT coalesce(max(id), 0) FROM event"))).scalar_one()
+
+
+async def current_snapshot(conn: AsyncConnection) -> str:
+    """The snapshot ``conn``'s transaction reads in (``pg_snapshot`` text)."""
+    return (await conn.execute(text("SELECT pg_current_snapshot()::text"))).scalar_one()
 
 
 async def oldest_id(conn: AsyncConnection) -> int:
@@ -74,6 +104,30 @@ async def events_between(
 
 
 @dataclass
+class Settling:
+    """The events at or below ``position`` still in flight in ``snapshot``, to deliver as they
+    commit: whoever starts following the outbox from ``position`` (a hub whose counters were read
+    in ``snapshot``, a new relay) would otherwise never see them. Each is returned once; ``done``
+    once every transaction running in ``snapshot`` has ended."""
+
+    position: int
+    snapshot: str
+    done: bool = False
+    _delivered: set[int] = field(default_factory=set)
+
+    async def poll(self, conn: AsyncConnection) -> list[Event]:
+        params = {"since": self.snapshot, "position": self.position, "slack": XID_SLACK}
+        rows = (await conn.execute(_SETTLING, params)).all()
+        await conn.rollback()
+        self.done = rows[0].done
+        fresh = [
+            to_event(row) for row in rows if row.id is not None and row.id not in self._delivered
+        ]
+        self._delivered.update(event.id for event in fresh)
+        return fresh
+
+
+@dataclass
 class OutboxReader:
     """Follows the outbox from ``position`` (the last id delivered).
 
@@ -87,6 +141,7 @@ class OutboxReader:
     grace_s: float = 3.0
     watch_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
+    settling: Settling | None = None  # ids below ``position`` in flight when it started
     _hole: tuple[int, int, float] | None = None  # (first missing id, xmax then, seen at)
     _skipped: dict[int, float] = field(default_factory=dict)
 
@@ -123,16 +178,26 @@ class OutboxReader:
             del self._skipped[next(iter(self._skipped))]
 
     async def late(self, conn: AsyncConnection) -> list[Event]:
-        """Skipped ids that committed after all (below ``position``: deliver them as they are)."""
+        """Ids below ``position`` that committed after all: skipped ones, and those in flight
+        when the reader started (deliver them as they are)."""
+        late = await self._settle(conn)
         now = self.clock()
         # Ids were added in time order: the ones watched long enough are at the front.
         while self._skipped and now - next(iter(self._skipped.values())) >= self.watch_s:
             del self._skipped[next(iter(self._skipped))]
         if not self._skipped:
-            return []
+            return late
         rows = await conn.execute(_LATE, {"ids": list(self._skipped)})
-        late = [to_event(row) for row in rows]
-        for event in late:
+        skipped = [to_event(row) for row in rows]
+        for event in skipped:
             del self._skipped[event.id]
         await conn.rollback()
+        return sorted([*late, *skipped], key=lambda e: e.id)
+
+    async def _settle(self, conn: AsyncConnection) -> list[Event]:
+        if self.settling is None:
+            return []
+        late = await self.settling.poll(conn)
+        if self.settling.done:
+            self.settling = None
         return late
