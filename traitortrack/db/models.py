@@ -190,7 +190,7 @@ class Event(Base):
     # Range partitions by id, made and dropped by ``traitortrack.db.retention`` (migration 0003).
     __table_args__ = (
         Index("ix_event_at", "at"),
-        Index("ix_event_xid", "xid"),
+        Index("ix_event_xid", "xid", "id"),
         {"postgresql_partition_by": "RANGE (id)"},
     )
 
@@ -199,16 +199,13 @@ class Event(Base):
     area: Mapped[str | None] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     at: Mapped[datetime] = _now()
-    # The writing transaction, and the bounds of its statement's snapshot (migration 0004):
-    # only transactions in [snapshot_xmin, snapshot_xmax) can still commit an id below this one.
+    # The writing transaction, and its statement's snapshot (migration 0004): only transactions
+    # running in it (or begun just after) can still commit an id below this one.
     xid: Mapped[int] = mapped_column(
         BigInteger, server_default=text("pg_current_xact_id()::text::bigint")
     )
-    snapshot_xmin: Mapped[int | None] = mapped_column(
-        BigInteger, server_default=text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-    )
-    snapshot_xmax: Mapped[int | None] = mapped_column(
-        BigInteger, server_default=text("pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    snapshot: Mapped[str | None] = mapped_column(
+        Text, server_default=text("pg_current_snapshot()::text")
     )
 
 

@@ -26,9 +26,9 @@ BATCH = 500
 # the sequence (setval, a restore), and only ids next to ones handed out can still commit.
 HOLE_EDGE = 1_000
 MAX_WATCHED = 10_000  # skipped ids watched at once (the oldest are let go first)
-# Xids past a snapshot's xmax still searched for ids below its position: an INSERT takes its id
-# a moment before its xid, so a snapshot can fall between the two (microseconds apart).
-XID_SLACK = 100
+# Transactions begun just after a snapshot still searched: an INSERT takes its id a moment before
+# its xid, so a snapshot can fall between the two (microseconds apart).
+XID_SLACK = 16
 
 _POLL = text(
     """
@@ -57,21 +57,29 @@ _LATE = text(
 )
 
 
-# Events at or below :position of transactions not yet committed in :since (found through
-# ix_event_xid), and whether all of those transactions have ended, as of one snapshot.
-_SETTLING = text(
+def _running(snapshot: str) -> str:
+    """SQL for the transactions ``snapshot`` saw running, and the next ``:slack`` to begin."""
+    xmax = f"pg_snapshot_xmax({snapshot})::text::bigint"
+    return f"""
+        SELECT pg_snapshot_xip({snapshot})::text::bigint AS xid
+        UNION ALL
+        SELECT generate_series({xmax}, {xmax} + :slack - 1)
     """
+
+
+# Events at or below :position of transactions still running in :since (none of them visible in
+# it), and whether all of those transactions have ended, as of one snapshot.
+_SETTLING = text(
+    f"""
     SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax(s.since) AS done,
            e.id, e.kind, e.area, e.payload, e.at
     FROM (SELECT CAST(CAST(:since AS text) AS pg_snapshot) AS since) AS s
     LEFT JOIN LATERAL (
-        SELECT id, kind, area, payload, at FROM event
-        WHERE xid >= pg_snapshot_xmin(s.since)::text::bigint
-          AND xid < pg_snapshot_xmax(s.since)::text::bigint + :slack
-          AND id <= :position
-          AND NOT pg_visible_in_snapshot(xid::text::xid8, s.since)
-        ORDER BY id
+        SELECT e.id, e.kind, e.area, e.payload, e.at
+        FROM ({_running("s.since")}) AS running
+        JOIN event AS e ON e.xid = running.xid AND e.id <= :position
     ) AS e ON true
+    ORDER BY e.id
     """
 )
 
