@@ -8,6 +8,11 @@ when the hole was first seen has ended (``pg_snapshot_xmin`` has passed that sna
 
 A reader (or a hub) that starts at the newest id cannot see ids below it that are still in
 flight: ``Settling`` finds those by transaction (``event.xid``) once they commit.
+
+A client that resumes from an id may likewise have passed ids still in flight then:
+``replay_after`` replays from the lowest id of the transactions that were running when the event
+at its cursor was written (each event keeps its writing snapshot), so whatever committed late is
+replayed too, with some events the client has (it ignores ids it applied).
 """
 
 import time
@@ -83,6 +88,22 @@ _SETTLING = text(
     """
 )
 
+# The lowest id below :after of a transaction still running when the event at :after (the newest
+# at or below it) was written: one probe of ix_event_xid per such transaction.
+_REPLAY_FLOOR = text(
+    f"""
+    SELECT min(first.id) AS low
+    FROM (
+        SELECT CAST(snapshot AS pg_snapshot) AS snapshot FROM event
+        WHERE id <= :after ORDER BY id DESC LIMIT 1
+    ) AS cursor
+    CROSS JOIN LATERAL ({_running("cursor.snapshot")}) AS running
+    CROSS JOIN LATERAL (
+        SELECT id FROM event WHERE xid = running.xid AND id < :after ORDER BY id LIMIT 1
+    ) AS first
+    """
+)
+
 
 def to_event(row: Any) -> Event:
     return Event(row.id, row.kind, row.at.isoformat(), row.area, row.payload)
@@ -109,6 +130,38 @@ async def events_between(
         _RANGE, {"after": after, "upto": upto, "areas": areas, "limit": limit}
     )
     return [to_event(row) for row in rows]
+
+
+async def replay_floor(conn: AsyncConnection, after: int) -> int:
+    """Where to replay from for a client whose cursor is ``after``: below every id under it that
+    may have committed after the event at ``after`` did."""
+    params = {"after": after, "slack": XID_SLACK}
+    low = (await conn.execute(_REPLAY_FLOOR, params)).scalar_one()
+    return after if low is None else low - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    events: list[Event]  # in id order
+    more: bool  # there are more than ``limit`` after the cursor
+
+
+async def replay_after(
+    conn: AsyncConnection, after: int, upto: int, areas: list[str] | None, limit: int
+) -> Missed | None:
+    """What a client whose cursor is ``after`` may have missed, up to ``upto``, of what ``areas``
+    may see (None: all): the events at or below ``after`` that may have committed after it passed
+    them (it ignores those it applied), then at most ``limit`` after it. None: it is too far
+    behind (its events were dropped, or more than ``limit`` may have committed late): it must
+    reload."""
+    if after < await oldest_id(conn) - 1:
+        return None
+    floor = await replay_floor(conn, after)
+    overlap = await events_between(conn, floor, min(after, upto), areas, limit + 1)
+    if len(overlap) > limit:
+        return None
+    forward = await events_between(conn, after, upto, areas, limit + 1)
+    return Missed([*overlap, *forward[:limit]], len(forward) > limit)
 
 
 @dataclass
