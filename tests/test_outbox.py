@@ -1,5 +1,12 @@
+import asyncio
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 from sqlalchemy import text
 
+from traitortrack.realtime.bus import RedisBus
+from traitortrack.realtime.counters import LiveCounters
+from traitortrack.realtime.hub import Hub
 from traitortrack.realtime.outbox import (
     HOLE_EDGE,
     OutboxReader,
@@ -108,3 +115,26 @@ async def test_a_reader_starting_above_an_id_in_flight_delivers_it_once_it_commi
         assert await reader.poll(poll) == []
         assert [e.id for e in await reader.late(poll)] == [straggler]
         assert await reader.late(poll) == []  # once
+
+
+async def test_a_worker_catching_up_to_the_relay_gets_an_event_still_in_flight_below_it(engine):
+    now = datetime.now(UTC)
+    async with engine.connect() as conn:
+        hub = Hub(LiveCounters.starting(ZoneInfo("Asia/Kolkata"), now), lambda: now)
+        hub.position = await newest_id(conn)
+    bus = RedisBus(engine, hub, redis_url="redis://unused")
+    async with engine.connect() as slow, engine.connect() as fast:
+        straggler = (await slow.execute(INSERT)).scalar_one()
+        relayed = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        # A batch after a Redis blip: the relay is past both ids (it gave up on the straggler).
+        await bus._apply({"prev": relayed, "events": [], "late": []})
+        assert (hub.position, hub.stats()["delivered"]) == (relayed, 1)
+        await slow.commit()
+        try:
+            async with asyncio.timeout(3):
+                while hub.stats()["delivered"] < 2:  # noqa: ASYNC110  (the bus's own task)
+                    await asyncio.sleep(0.01)
+        finally:
+            await bus.stop()
+    assert [e["id"] for e in hub._pending] == [relayed, straggler]
