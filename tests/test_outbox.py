@@ -9,14 +9,20 @@ from traitortrack.realtime.counters import LiveCounters
 from traitortrack.realtime.hub import Hub
 from traitortrack.realtime.outbox import (
     HOLE_EDGE,
+    SETTLE_S,
     OutboxReader,
     Settling,
     current_snapshot,
     newest_id,
+    replay_after,
 )
 
 INSERT = text(
     "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
+)
+INSERT_WITH_SNAPSHOT = text(
+    "INSERT INTO event (kind, area, payload, snapshot)"
+    " VALUES ('child.linked', 'jaipur', '{}', :snapshot) RETURNING id"
 )
 
 
@@ -138,3 +144,38 @@ async def test_a_worker_catching_up_to_the_relay_gets_an_event_still_in_flight_b
         finally:
             await bus.stop()
     assert [e["id"] for e in hub._pending] == [relayed, straggler]
+
+
+async def test_settling_stops_waiting_for_a_transaction_left_open_past_its_limit(engine):
+    ticks = Ticks()
+    async with engine.connect() as open_, engine.connect() as poll:
+        await open_.execute(INSERT)  # and left open
+        position = await newest_id(poll)
+        settling = Settling(position, await current_snapshot(poll), clock=ticks)
+        assert await settling.poll(poll) == [] and not settling.done
+        ticks.now = SETTLE_S + 1
+        assert await settling.poll(poll) == [] and settling.done
+
+
+async def test_a_resume_gets_every_late_commit_of_many_writers_open_at_once(engine):
+    async with engine.begin() as conn:
+        await conn.execute(INSERT)
+    writers = [await engine.connect() for _ in range(40)]
+    try:
+        xid = text("SELECT pg_current_xact_id()::text::bigint")
+        first = min([(await writer.execute(xid)).scalar_one() for writer in writers])
+        # The newest writers take the lowest ids.
+        late = [(await writer.execute(INSERT)).scalar_one() for writer in reversed(writers)]
+        # A snapshot's xmax is the newest *finished* xid + 1: with none finished since the first
+        # writer began, PostgreSQL lists none of them (they are all at or above xmax).
+        unlisted = {"snapshot": f"{first}:{first}:"}
+        async with engine.begin() as fast:
+            cursor = (await fast.execute(INSERT_WITH_SNAPSHOT, unlisted)).scalar_one()
+        for writer in writers:
+            await writer.commit()
+    finally:
+        for writer in writers:
+            await writer.close()
+    async with engine.connect() as conn:
+        missed = await replay_after(conn, cursor, cursor, None, 100)
+    assert missed is not None and set(late) <= {e.id for e in missed.events}

@@ -71,7 +71,7 @@ class LocalBus:
             self._tasks.append(asyncio.create_task(self._settle(settling)))
 
     async def _settle(self, settling: Settling) -> None:
-        """Deliver to the local hub the events below its start that were in flight then."""
+        """Deliver to the local hub the events below a position it took that were in flight."""
         while True:
             try:
                 async with self.engine.connect() as conn:

@@ -34,6 +34,12 @@ MAX_WATCHED = 10_000  # skipped ids watched at once (the oldest are let go first
 # Transactions begun just after a snapshot still searched: an INSERT takes its id a moment before
 # its xid, so a snapshot can fall between the two (microseconds apart).
 XID_SLACK = 16
+# A snapshot's xmax is the newest *finished* xid + 1, and transactions above it that had begun
+# are not listed: of an event's writer snapshot, this many xids from xmax on are searched (more
+# than the transactions a site has running at once).
+XID_SPAN = 512
+# Transactions open longer than this (anywhere on the server) are not waited for, as skipped ids.
+SETTLE_S = 300.0
 
 _POLL = text(
     """
@@ -82,25 +88,59 @@ _SETTLING = text(
     LEFT JOIN LATERAL (
         SELECT e.id, e.kind, e.area, e.payload, e.at
         FROM ({_running("s.since")}) AS running
-        JOIN event AS e ON e.xid = running.xid AND e.id <= :position
+        CROSS JOIN LATERAL (  -- a probe of ix_event_xid per transaction (OFFSET 0: not a join)
+            SELECT id, kind, area, payload, at FROM event
+            WHERE xid = running.xid AND id <= :position
+            OFFSET 0
+        ) AS e
     ) AS e ON true
     ORDER BY e.id
     """
 )
 
 # The lowest id below :after of a transaction still running when the event at :after (the newest
-# at or below it) was written: one probe of ix_event_xid per such transaction.
+# at or below it) was written: one probe of ix_event_xid per listed transaction, one range of it
+# for those from xmax on.
 _REPLAY_FLOOR = text(
-    f"""
-    SELECT min(first.id) AS low
+    """
+    SELECT least(
+        (SELECT min(first.id)
+         FROM pg_snapshot_xip(cursor.snapshot) AS running(xid)
+         CROSS JOIN LATERAL (
+             SELECT id FROM event
+             WHERE xid = running.xid::text::bigint AND id < :after ORDER BY id LIMIT 1
+         ) AS first),
+        (SELECT min(first.id)  -- of a range of ix_event_xid, never a walk along ids
+         FROM generate_series(0, :span - 1) AS step
+         CROSS JOIN LATERAL (
+             SELECT id FROM event
+             WHERE xid = pg_snapshot_xmax(cursor.snapshot)::text::bigint + step AND id < :after
+             ORDER BY id LIMIT 1
+         ) AS first)
+    )
     FROM (
         SELECT CAST(snapshot AS pg_snapshot) AS snapshot FROM event
         WHERE id <= :after ORDER BY id DESC LIMIT 1
     ) AS cursor
-    CROSS JOIN LATERAL ({_running("cursor.snapshot")}) AS running
-    CROSS JOIN LATERAL (
-        SELECT id FROM event WHERE xid = running.xid AND id < :after ORDER BY id LIMIT 1
-    ) AS first
+    """
+)
+
+# The snapshot of the transaction, with its xmax raised to an xid taken now (so every transaction
+# it counts as running is listed, not only those below the newest finished one).
+_SNAPSHOT = text(
+    """
+    WITH now AS MATERIALIZED (
+        SELECT pg_current_snapshot() AS snapshot, pg_current_xact_id()::text::bigint AS xid
+    )
+    SELECT pg_snapshot_xmin(snapshot)::text || ':' || xid || ':' || coalesce((
+        SELECT string_agg(running::text, ',' ORDER BY running)
+        FROM (
+            SELECT pg_snapshot_xip(snapshot)::text::bigint AS running
+            UNION ALL
+            SELECT generate_series(pg_snapshot_xmax(snapshot)::text::bigint, xid - 1)
+        ) AS listed
+    ), '')
+    FROM now
     """
 )
 
@@ -114,8 +154,9 @@ async def newest_id(conn: AsyncConnection) -> int:
 
 
 async def current_snapshot(conn: AsyncConnection) -> str:
-    """The snapshot ``conn``'s transaction reads in (``pg_snapshot`` text)."""
-    return (await conn.execute(text("SELECT pg_current_snapshot()::text"))).scalar_one()
+    """The snapshot ``conn``'s transaction reads in (``pg_snapshot`` text), listing every
+    transaction it counts as running. (It takes an xid for ``conn``'s transaction.)"""
+    return (await conn.execute(_SNAPSHOT)).scalar_one()
 
 
 async def oldest_id(conn: AsyncConnection) -> int:
@@ -135,8 +176,7 @@ async def events_between(
 async def replay_floor(conn: AsyncConnection, after: int) -> int:
     """Where to replay from for a client whose cursor is ``after``: below every id under it that
     may have committed after the event at ``after`` did."""
-    params = {"after": after, "slack": XID_SLACK}
-    low = (await conn.execute(_REPLAY_FLOOR, params)).scalar_one()
+    low = (await conn.execute(_REPLAY_FLOOR, {"after": after, "span": XID_SPAN})).scalar()
     return after if low is None else low - 1
 
 
@@ -169,18 +209,23 @@ class Settling:
     """The events at or below ``position`` still in flight in ``snapshot``, to deliver as they
     commit: whoever starts following the outbox from ``position`` (a hub whose counters were read
     in ``snapshot``, a new relay) would otherwise never see them. Each is returned once; ``done``
-    once every transaction running in ``snapshot`` has ended."""
+    once every transaction running in ``snapshot`` has ended, or after ``SETTLE_S``."""
 
     position: int
     snapshot: str
     done: bool = False
+    clock: Callable[[], float] = time.monotonic
     _delivered: set[int] = field(default_factory=set)
+    _until: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._until = self.clock() + SETTLE_S
 
     async def poll(self, conn: AsyncConnection) -> list[Event]:
         params = {"since": self.snapshot, "position": self.position, "slack": XID_SLACK}
         rows = (await conn.execute(_SETTLING, params)).all()
         await conn.rollback()
-        self.done = rows[0].done
+        self.done = rows[0].done or self.clock() > self._until
         fresh = [
             to_event(row) for row in rows if row.id is not None and row.id not in self._delivered
         ]
