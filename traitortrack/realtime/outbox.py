@@ -68,26 +68,21 @@ _LATE = text(
 )
 
 
-def _running(snapshot: str) -> str:
-    """SQL for the transactions ``snapshot`` saw running, and the next ``:slack`` to begin."""
-    xmax = f"pg_snapshot_xmax({snapshot})::text::bigint"
-    return f"""
-        SELECT pg_snapshot_xip({snapshot})::text::bigint AS xid
-        UNION ALL
-        SELECT generate_series({xmax}, {xmax} + :slack - 1)
-    """
-
-
 # Events at or below :position of transactions still running in :since (none of them visible in
-# it), and whether all of those transactions have ended, as of one snapshot.
+# it), or begun just after it, and whether all of those have ended, as of one snapshot.
 _SETTLING = text(
-    f"""
+    """
     SELECT pg_snapshot_xmin(pg_current_snapshot()) >= pg_snapshot_xmax(s.since) AS done,
            e.id, e.kind, e.area, e.payload, e.at
     FROM (SELECT CAST(CAST(:since AS text) AS pg_snapshot) AS since) AS s
     LEFT JOIN LATERAL (
         SELECT e.id, e.kind, e.area, e.payload, e.at
-        FROM ({_running("s.since")}) AS running
+        FROM (
+            SELECT pg_snapshot_xip(s.since)::text::bigint AS xid
+            UNION ALL
+            SELECT generate_series(pg_snapshot_xmax(s.since)::text::bigint,
+                                   pg_snapshot_xmax(s.since)::text::bigint + :slack - 1)
+        ) AS running
         CROSS JOIN LATERAL (  -- a probe of ix_event_xid per transaction (OFFSET 0: not a join)
             SELECT id, kind, area, payload, at FROM event
             WHERE xid = running.xid AND id <= :position
@@ -99,8 +94,8 @@ _SETTLING = text(
 )
 
 # The lowest id below :after of a transaction still running when the event at :after (the newest
-# at or below it) was written: one probe of ix_event_xid per listed transaction, one range of it
-# for those from xmax on.
+# at or below it) was written: one probe of ix_event_xid per transaction its snapshot lists, and
+# per xid of the :span from its xmax on (running unlisted, or begun just after).
 _REPLAY_FLOOR = text(
     """
     SELECT least(
@@ -110,7 +105,7 @@ _REPLAY_FLOOR = text(
              SELECT id FROM event
              WHERE xid = running.xid::text::bigint AND id < :after ORDER BY id LIMIT 1
          ) AS first),
-        (SELECT min(first.id)  -- of a range of ix_event_xid, never a walk along ids
+        (SELECT min(first.id)  -- probes, never a walk along ids
          FROM generate_series(0, :span - 1) AS step
          CROSS JOIN LATERAL (
              SELECT id FROM event
