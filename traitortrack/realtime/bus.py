@@ -82,7 +82,7 @@ class LocalBus:
                             return
                         await asyncio.sleep(POLL_INTERVAL_S)
             except (DBAPIError, OSError) as error:
-                log.warning("start settling lost the database", extra={"error": repr(error)})
+                log.warning("settling lost the database", extra={"error": repr(error)})
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
