@@ -42,7 +42,7 @@ from traitortrack.db.retention import PARTITION_IDS
 from traitortrack.demo import PER_PREFIX, SeedReport, child_code, parent_code, seed_demo
 from traitortrack.domain.linking import MAX_CHILDREN
 from traitortrack.domain.roles import Role
-from traitortrack.realtime.outbox import events_between, newest_id, oldest_id
+from traitortrack.realtime.outbox import newest_id, replay_after
 from traitortrack.services.bag_queries import BagFilter, find_bag, search_bags
 from traitortrack.services.bill_queries import BillFilter, find_bill, list_bills
 from traitortrack.services.commands import Actor
@@ -205,12 +205,12 @@ async def read_round(warehouse: Warehouse, rng: random.Random, samples: int) -> 
 
 
 async def resume(engine: AsyncEngine, rng: random.Random) -> None:
-    """What a /ws hello with ``last_event_id`` reads: the oldest id, then the missed events."""
+    """What a /ws hello with ``last_event_id`` reads: the oldest id, where the replay starts
+    (below late commits), then the missed events."""
     async with engine.connect() as conn:
         position = await newest_id(conn)
-        await oldest_id(conn)
         areas = rng.choice([None, ["jaipur"]])
-        await events_between(conn, position - RESUME_BEHIND, position, areas, MAX_REPLAY + 1)
+        await replay_after(conn, position - RESUME_BEHIND, position, areas, MAX_REPLAY)
 
 
 @contextlib.asynccontextmanager
@@ -335,8 +335,8 @@ def report(
             f"Samples per database: {', '.join(f'{n:,} {f}' for f, n in counts.items())}; "
             f"scans by {SCAN_CONCURRENCY} scanners at once through `link_child`, on fresh "
             f"parents; the bag search runs the /bags page's filters ({len(base.sample['filters'])}"
-            f") for two pages each; resume reads the oldest id and the {RESUME_BEHIND} events "
-            "after a client's id (all areas or one). "
+            f") for two pages each; resume reads the oldest id, where the replay starts "
+            f"and the {RESUME_BEHIND} events after a client's id (all areas or one). "
             f"{os.cpu_count()} CPUs shared by PostgreSQL and this process, Python "
             f"{platform.python_version()}, load average {load:.1f} before the run, "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",

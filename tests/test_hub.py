@@ -3,6 +3,7 @@ import math
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from traitortrack.domain.events import Event
 from traitortrack.realtime.counters import LiveCounters
 from traitortrack.realtime.hub import (
     QUEUE_FRAMES,
@@ -99,3 +100,13 @@ def test_one_timer_pings_every_open_socket_that_can_be_pinged():
     walls[1].restart()  # closing: nothing more is written to it but what is queued
     hub.ping_all()
     assert pinged == [0]
+
+
+def test_a_late_event_found_by_the_relay_and_by_the_workers_own_start_is_delivered_once():
+    hub, page = _hub(), Connection(None, None, coalesced=False)
+    page.go_live()
+    hub.register(page)
+    late = Event(7, "bill.created", NOW.isoformat(), None, {})
+    hub.deliver([], [late])
+    hub.deliver([], [late])
+    assert len(page.frames) == 1 and hub.stats()["delivered"] == 1

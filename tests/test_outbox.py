@@ -1,9 +1,28 @@
+import asyncio
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 from sqlalchemy import text
 
-from traitortrack.realtime.outbox import HOLE_EDGE, OutboxReader, newest_id
+from traitortrack.realtime.bus import RedisBus
+from traitortrack.realtime.counters import LiveCounters
+from traitortrack.realtime.hub import Hub
+from traitortrack.realtime.outbox import (
+    HOLE_EDGE,
+    SETTLE_S,
+    OutboxReader,
+    Settling,
+    current_snapshot,
+    newest_id,
+    replay_after,
+)
 
 INSERT = text(
     "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
+)
+INSERT_WITH_SNAPSHOT = text(
+    "INSERT INTO event (kind, area, payload, snapshot)"
+    " VALUES ('child.linked', 'jaipur', '{}', :snapshot) RETURNING id"
 )
 
 
@@ -87,3 +106,76 @@ async def test_a_jump_of_the_id_sequence_is_passed_with_a_bounded_watch_on_its_e
         assert [e.id for e in await reader.late(poll)] == [straggler]
         ticks.now = 3.5 + reader.watch_s
         assert await reader.late(poll) == [] and reader._skipped == {}
+
+
+async def test_a_reader_starting_above_an_id_in_flight_delivers_it_once_it_commits(engine):
+    async with engine.connect() as slow, engine.connect() as fast, engine.connect() as poll:
+        straggler = (await slow.execute(INSERT)).scalar_one()
+        await fast.execute(INSERT)
+        await fast.commit()
+        position = await newest_id(poll)  # a new relay starts at the newest id
+        reader = OutboxReader(position, settling=Settling(position, await current_snapshot(poll)))
+        await poll.rollback()
+        assert await reader.poll(poll) == [] and await reader.late(poll) == []
+        await slow.commit()
+        assert await reader.poll(poll) == []
+        assert [e.id for e in await reader.late(poll)] == [straggler]
+        assert await reader.late(poll) == []  # once
+
+
+async def test_a_worker_catching_up_to_the_relay_gets_an_event_still_in_flight_below_it(engine):
+    now = datetime.now(UTC)
+    async with engine.connect() as conn:
+        hub = Hub(LiveCounters.starting(ZoneInfo("Asia/Kolkata"), now), lambda: now)
+        hub.position = await newest_id(conn)
+    bus = RedisBus(engine, hub, redis_url="redis://unused")
+    async with engine.connect() as slow, engine.connect() as fast:
+        straggler = (await slow.execute(INSERT)).scalar_one()
+        relayed = (await fast.execute(INSERT)).scalar_one()
+        await fast.commit()
+        # A batch after a Redis blip: the relay is past both ids (it gave up on the straggler).
+        await bus._apply({"prev": relayed, "events": [], "late": []})
+        assert (hub.position, hub.stats()["delivered"]) == (relayed, 1)
+        await slow.commit()
+        try:
+            async with asyncio.timeout(3):
+                while hub.stats()["delivered"] < 2:  # noqa: ASYNC110  (the bus's own task)
+                    await asyncio.sleep(0.01)
+        finally:
+            await bus.stop()
+    assert [e["id"] for e in hub._pending] == [relayed, straggler]
+
+
+async def test_settling_stops_waiting_for_a_transaction_left_open_past_its_limit(engine):
+    ticks = Ticks()
+    async with engine.connect() as open_, engine.connect() as poll:
+        await open_.execute(INSERT)  # and left open
+        position = await newest_id(poll)
+        settling = Settling(position, await current_snapshot(poll), clock=ticks)
+        assert await settling.poll(poll) == [] and not settling.done
+        ticks.now = SETTLE_S + 1
+        assert await settling.poll(poll) == [] and settling.done
+
+
+async def test_a_resume_gets_every_late_commit_of_many_writers_open_at_once(engine):
+    async with engine.begin() as conn:
+        await conn.execute(INSERT)
+    writers = [await engine.connect() for _ in range(40)]
+    try:
+        xid = text("SELECT pg_current_xact_id()::text::bigint")
+        first = min([(await writer.execute(xid)).scalar_one() for writer in writers])
+        # The newest writers take the lowest ids.
+        late = [(await writer.execute(INSERT)).scalar_one() for writer in reversed(writers)]
+        # A snapshot's xmax is the newest *finished* xid + 1: with none finished since the first
+        # writer began, PostgreSQL lists none of them (they are all at or above xmax).
+        unlisted = {"snapshot": f"{first}:{first}:"}
+        async with engine.begin() as fast:
+            cursor = (await fast.execute(INSERT_WITH_SNAPSHOT, unlisted)).scalar_one()
+        for writer in writers:
+            await writer.commit()
+    finally:
+        for writer in writers:
+            await writer.close()
+    async with engine.connect() as conn:
+        missed = await replay_after(conn, cursor, cursor, None, 100)
+    assert missed is not None and set(late) <= {e.id for e in missed.events}

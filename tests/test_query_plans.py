@@ -13,7 +13,15 @@ from sqlalchemy import event, text
 from tests.db import big_table_seq_scans
 from traitortrack.db.retention import maintain, reserve_ids
 from traitortrack.realtime.counters import LiveCounters
-from traitortrack.realtime.outbox import OutboxReader, events_between, newest_id, oldest_id
+from traitortrack.realtime.outbox import (
+    OutboxReader,
+    Settling,
+    current_snapshot,
+    events_between,
+    newest_id,
+    oldest_id,
+    replay_after,
+)
 from traitortrack.services import bags, bills, scans
 from traitortrack.services.stats import wall_figures
 
@@ -114,6 +122,8 @@ async def _read_the_outbox_and_keep_it(engine, dispatcher) -> None:
         await oldest_id(conn)
         await events_between(conn, 0, position, None, 100)
         await events_between(conn, 0, position, ["jaipur"], 100)
+        await replay_after(conn, position - 1, position, ["jaipur"], 100)
+        await Settling(position, await current_snapshot(conn)).poll(conn)
         reader = OutboxReader(position, grace_s=0.0)
         await in_flight.execute(
             text("INSERT INTO event (kind, payload) VALUES ('bill.created', '{}')")

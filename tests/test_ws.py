@@ -1,16 +1,23 @@
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from quart.testing import WebsocketResponseError
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.conftest import make_actor
-from tests.web import ADMIN_PASSWORD, sign_in
+from tests.web import ADMIN_PASSWORD, app_for, sign_in
 from traitortrack.domain.roles import Role
 from traitortrack.runtime import runtime
 from traitortrack.services import scans
+
+INSERT = text(
+    "INSERT INTO event (kind, area, payload) VALUES ('child.linked', 'jaipur', '{}') RETURNING id"
+)
 
 
 async def _receive_until(ws, kind: str, seconds: float = 3.0) -> dict:
@@ -354,3 +361,84 @@ async def test_an_open_socket_keeps_nothing_of_its_handshake_and_leaves_the_hub_
     async with asyncio.timeout(3):
         while hub.connections:  # noqa: ASYNC110  (the client went away: its life ends)
             await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def _one_in_flight(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, int]]:
+    """After a committed event, transaction A holds event n uncommitted while B writes and
+    commits n + 1: (A, n)."""
+    async with engine.begin() as conn:
+        await conn.execute(INSERT)
+    async with engine.connect() as slow, engine.connect() as fast:
+        late = (await slow.execute(INSERT)).scalar_one()
+        assert (await fast.execute(INSERT)).scalar_one() == late + 1
+        await fast.commit()
+        yield slow, late
+
+
+@pytest.mark.parametrize("bus", ["in-process", "redis"])
+async def test_an_event_in_flight_when_a_worker_starts_reaches_its_sockets_once_committed(
+    settings, engine, request, bus
+):
+    changes = {"redis_url": request.getfixturevalue("redis_server")} if bus == "redis" else {}
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    async with (
+        _one_in_flight(engine) as (slow, late),
+        app_for(settings, **changes).test_app() as app,
+    ):
+        client = app.test_client()
+        await sign_in(client, "ravi", "Secret-pass1")
+        async with client.websocket("/ws") as ws:
+            await ws.send(json.dumps({"type": "hello", "last_event_id": None}))
+            assert (await _receive_until(ws, "welcome"))["last_event_id"] > late
+            await slow.commit()
+            events = await _receive_until(ws, "events")
+    assert [e["id"] for e in events["events"]] == [late]
+
+
+@contextlib.asynccontextmanager
+async def _started_with_one_in_flight(
+    settings, engine: AsyncEngine
+) -> AsyncIterator[tuple[AsyncConnection, int, object]]:
+    """A worker started while event n was in flight and n + 1 committed, with ravi signed in:
+    (n's transaction, n, ravi's client). The worker hands out n + 1 as a position."""
+    await make_actor(engine, Role.DISPATCHER, "jaipur", name="ravi")
+    async with (
+        _one_in_flight(engine) as (slow, late),
+        app_for(settings).test_app() as app,
+    ):
+        client = app.test_client()
+        await sign_in(client, "ravi", "Secret-pass1")
+        yield slow, late, client
+
+
+async def test_a_client_resuming_above_an_event_that_committed_after_it_left_gets_it(
+    settings, engine
+):
+    async with _started_with_one_in_flight(settings, engine) as (slow, late, client):
+        async with client.websocket("/ws") as ws:
+            await ws.send(json.dumps({"type": "hello", "last_event_id": late - 1}))
+            cursor = (await _receive_until(ws, "welcome"))["last_event_id"]
+            assert [e["id"] for e in (await _receive_until(ws, "events"))["events"]] == [late + 1]
+        hub = runtime(client.app).live.hub
+        await slow.commit()
+        async with asyncio.timeout(3):
+            while hub.stats()["delivered"] < 1:  # noqa: ASYNC110  (the worker passed it on)
+                await asyncio.sleep(0.01)
+        async with client.websocket("/ws") as ws:
+            await ws.send(json.dumps({"type": "hello", "last_event_id": cursor}))
+            await _receive_until(ws, "welcome")
+            replayed = await _receive_until(ws, "events")
+    assert late in [e["id"] for e in replayed["events"]]
+
+
+async def test_polling_the_api_from_its_cursor_returns_an_event_that_committed_below_it(
+    settings, engine
+):
+    async with _started_with_one_in_flight(settings, engine) as (slow, late, client):
+        first = await (await client.get(f"/api/v1/events?after={late - 1}")).get_json()
+        assert [e["id"] for e in first["events"]] == [late + 1]
+        await slow.commit()
+        after = first["last_event_id"]
+        second = await (await client.get(f"/api/v1/events?after={after}")).get_json()
+    assert late in [e["id"] for e in second["events"]]

@@ -222,16 +222,24 @@ class Event(Base):
 
     __tablename__ = "event"
     # Range partitions by id, made and dropped by ``traitortrack.db.retention`` (migration 0003).
-    __table_args__ = (Index("ix_event_at", "at"), {"postgresql_partition_by": "RANGE (id)"})
+    __table_args__ = (
+        Index("ix_event_at", "at"),
+        Index("ix_event_xid", "xid", "id"),
+        {"postgresql_partition_by": "RANGE (id)"},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     area: Mapped[str | None] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     at: Mapped[datetime] = _now()
-    # The writing transaction, so replay can stop below the oldest one still in flight.
+    # The writing transaction, and its statement's snapshot (migration 0006): only transactions
+    # running in it (or begun just after) can still commit an id below this one.
     xid: Mapped[int] = mapped_column(
         BigInteger, server_default=text("pg_current_xact_id()::text::bigint")
+    )
+    snapshot: Mapped[str | None] = mapped_column(
+        Text, server_default=text("pg_current_snapshot()::text")
     )
 
 

@@ -9,6 +9,10 @@ Two buses with one interface:
   (``prev`` past its position) reads the missing range from the outbox first. While Redis is
   unreachable each worker follows the outbox on its own, so local clients keep getting events
   and nothing is missed when Redis returns.
+
+Whoever starts following the outbox from a position (a worker starting at the newest id, a
+reader or relay taking over, a worker catching up to the relay) may pass ids still in flight
+below it: those are delivered as they commit (``Settling``).
 """
 
 import asyncio
@@ -28,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from traitortrack.domain.events import Event
 from traitortrack.realtime.hub import Hub
-from traitortrack.realtime.outbox import OutboxReader, events_between
+from traitortrack.realtime.outbox import OutboxReader, Settling, current_snapshot, events_between
 from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ CATCH_UP_LIMIT = 100_000
 class LocalBus:
     engine: AsyncEngine
     hub: Hub
+    settling: Settling | None = None  # the in-flight events below the hub's start position
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -58,6 +63,27 @@ class LocalBus:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow_outbox(lambda: True)))
+        self._start_settling(self.settling)
+
+    def _start_settling(self, settling: Settling | None) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]
+        if settling is not None:
+            self._tasks.append(asyncio.create_task(self._settle(settling)))
+
+    async def _settle(self, settling: Settling) -> None:
+        """Deliver to the local hub the events below a position it took that were in flight."""
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    while True:
+                        if late := await settling.poll(conn):
+                            self.hub.deliver((), late)
+                        if settling.done:
+                            return
+                        await asyncio.sleep(POLL_INTERVAL_S)
+            except (DBAPIError, OSError) as error:
+                log.warning("settling lost the database", extra={"error": repr(error)})
+                await asyncio.sleep(1)
 
     async def stop(self) -> None:
         await stop_tasks(*self._tasks)
@@ -73,17 +99,24 @@ class LocalBus:
             timer.cancel()
         self._wake.clear()
 
+    async def _reader(self, conn: AsyncConnection) -> OutboxReader:
+        """A reader from the hub's position that also delivers the ids below it in flight now."""
+        position = self.hub.position
+        return OutboxReader(position, settling=Settling(position, await current_snapshot(conn)))
+
     async def _follow_outbox(self, active: Callable[[], bool]) -> None:
         """Deliver the outbox to the local hub while ``active()`` says so."""
-        reader = OutboxReader(self.hub.position)
+        reader: OutboxReader | None = None
         while True:
             try:
                 async with self.engine.connect() as conn:
                     while True:
                         await self._sleep(POLL_INTERVAL_S)
                         if not active():
-                            reader = OutboxReader(self.hub.position)
+                            reader = None
                             continue
+                        if reader is None:
+                            reader = await self._reader(conn)
                         reader.position = max(reader.position, self.hub.position)
                         events = await reader.poll(conn)
                         late = await reader.late(conn)
@@ -125,6 +158,7 @@ class RedisBus(LocalBus):
             asyncio.create_task(self._lead()),
             asyncio.create_task(self._follow_outbox(self._degraded)),
         ]
+        self._start_settling(self.settling)
 
     def _degraded(self) -> bool:
         """Redis has been silent too long (the leader beats every second): follow the outbox."""
@@ -155,13 +189,17 @@ class RedisBus(LocalBus):
     async def _apply(self, batch: dict[str, Any]) -> None:
         previous: int = batch["prev"]
         if previous > self.hub.position:
-            # Missed batches (Redis blip, or this worker started late): read them, in order.
-            async with self.engine.connect() as conn:
+            # Missed batches (Redis blip, or this worker started late): read them, in order, and
+            # those the relay passed still in flight as they commit.
+            async with self.engine.connect() as connection:
+                conn = await connection.execution_options(isolation_level="REPEATABLE READ")
                 missed = await events_between(
                     conn, self.hub.position, previous, None, CATCH_UP_LIMIT
                 )
+                settling = Settling(previous, await current_snapshot(conn))
             self.hub.deliver(missed)
             self.hub.position = max(self.hub.position, previous)
+            self._start_settling(settling)
         self.hub.deliver(
             (Event(**e) for e in batch["events"]), (Event(**e) for e in batch.get("late", ()))
         )
@@ -186,7 +224,7 @@ class RedisBus(LocalBus):
         await conn.commit()
         self.leader = True
         log.info("this worker now relays the outbox to Redis")
-        reader = OutboxReader(self.hub.position)
+        reader = await self._reader(conn)
         publisher = Redis.from_url(self.redis_url)
         last_beat = 0.0
         try:

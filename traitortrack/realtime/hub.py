@@ -28,6 +28,9 @@ from traitortrack.realtime.counters import LiveCounters
 log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 256
+# Late events remembered, so one found twice (by the relay and by this worker's own start) is
+# delivered once.
+LATE_REMEMBERED = 10_000
 COALESCE_HZ = 10
 COUNTERS_HZ = 2
 Audience = frozenset[str] | None  # areas a connection may see; None: all of them
@@ -191,6 +194,7 @@ class Hub:
     _counters_sent_at: float = 0.0
     _delivered: int = 0
     _lag_ms: list[float] = field(default_factory=list)
+    _late: dict[int, None] = field(default_factory=dict)  # ids delivered late, oldest first
 
     def register(self, connection: Connection) -> tuple[int, dict[str, Any]]:
         """Add a paused connection; returns the position and counters it starts from."""
@@ -252,11 +256,11 @@ class Hub:
 
     def deliver(self, events: Iterable[Event], late: Iterable[Event] = ()) -> None:
         """Fan out events that follow ``position`` in order (the outbox reader's output), and
-        ``late`` ones the reader had given up on, which committed after all."""
+        ``late`` ones below it, which committed after it passed them (each once)."""
         batch = [e for e in events if e.id > self.position]
         if batch:
             self.position = batch[-1].id
-        batch = sorted([*late, *batch], key=lambda e: e.id)
+        batch = sorted([*self._first_time(late), *batch], key=lambda e: e.id)
         if not batch:
             return
         now = self.clock()
@@ -278,6 +282,13 @@ class Hub:
                 self._drop(connection)
         self._to_followers(batch)
         self._pending.extend(e.to_json() for e in batch)
+
+    def _first_time(self, late: Iterable[Event]) -> list[Event]:
+        fresh = [e for e in late if e.id not in self._late]
+        self._late.update(dict.fromkeys(e.id for e in fresh))
+        while len(self._late) > LATE_REMEMBERED:
+            del self._late[next(iter(self._late))]
+        return fresh
 
     def _to_followers(self, batch: list[Event]) -> None:
         """Scanners get what other people did to their parent (their own scans come as acks)."""

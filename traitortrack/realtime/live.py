@@ -14,7 +14,7 @@ from traitortrack.config import Settings
 from traitortrack.realtime.bus import LocalBus, RedisBus
 from traitortrack.realtime.counters import LiveCounters
 from traitortrack.realtime.hub import COALESCE_HZ, Hub
-from traitortrack.realtime.outbox import newest_id
+from traitortrack.realtime.outbox import Settling, current_snapshot, newest_id
 from traitortrack.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,23 @@ class Live:
     ) -> "Live":
         counters = LiveCounters.starting(ZoneInfo(settings.timezone), clock())
         async with engine.connect() as connection:
-            # One snapshot for both, so the counters are exactly those of events <= position.
+            # One snapshot for all, so the counters are exactly those of the events <= position
+            # committed in it; those still in flight below position are delivered as they commit.
             conn = await connection.execution_options(isolation_level="REPEATABLE READ")
             position = await newest_id(conn)
+            settling = Settling(position, await current_snapshot(conn))
             await counters.recount(conn, clock())
         hub = Hub(counters, clock, position)
         bus: LocalBus = (
-            RedisBus(engine, hub, redis_url=settings.redis_url, prefix=settings.redis_prefix)
+            RedisBus(
+                engine,
+                hub,
+                settling,
+                redis_url=settings.redis_url,
+                prefix=settings.redis_prefix,
+            )
             if settings.redis_url
-            else LocalBus(engine, hub)
+            else LocalBus(engine, hub, settling)
         )
         await bus.start()
         live = cls(engine, hub, bus)

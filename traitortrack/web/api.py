@@ -2,7 +2,7 @@
 
 from quart import Blueprint, jsonify, request
 
-from traitortrack.realtime.outbox import events_between, oldest_id
+from traitortrack.realtime.outbox import replay_after
 from traitortrack.runtime import runtime
 from traitortrack.services.commands import Actor
 from traitortrack.services.people import list_areas
@@ -48,7 +48,9 @@ async def post_scan() -> object:
 @blueprint.get("/events")
 @api(STAFF)
 async def missed_events() -> object:
-    """Events after ``after`` that this user may see, up to what this worker has delivered."""
+    """Events after ``after`` that this user may see, up to what this worker has delivered, and
+    those at or below it that committed after it was handed out (the caller ignores ids it has).
+    ``last_event_id`` is the ``after`` of the next call."""
     raw = request.args.get("after", "")
     if not raw.isdigit() or len(raw) > 18:
         return jsonify(error="'after' must be a non-negative whole number (an event id)."), 400
@@ -59,12 +61,10 @@ async def missed_events() -> object:
     state = runtime()
     position = state.live.hub.position
     async with state.engine.connect() as conn:
-        oldest = await oldest_id(conn)
-        events = await events_between(conn, after, position, areas, MAX_EVENTS + 1)
-    if after < oldest - 1:
+        missed = await replay_after(conn, after, position, areas, MAX_EVENTS)
+    if missed is None:
         return jsonify(type="resync", reason="too far behind: reload"), 410
-    more = len(events) > MAX_EVENTS
-    events = events[:MAX_EVENTS]
+    events, more = missed.events, missed.more
     last = events[-1].id if more else position
     return jsonify(events=[e.to_json() for e in events], last_event_id=last, more=more)
 

@@ -24,7 +24,7 @@ from traitortrack.domain.codes import InvalidBagCode, normalize_code
 from traitortrack.domain.roles import Role
 from traitortrack.logs import bind_request_id
 from traitortrack.realtime.hub import TOO_SLOW, Connection, Grant, SessionCheck, encode
-from traitortrack.realtime.outbox import events_between, oldest_id
+from traitortrack.realtime.outbox import replay_after
 from traitortrack.runtime import Runtime, runtime
 from traitortrack.security import anonymize_ip
 from traitortrack.services import accounts
@@ -177,22 +177,21 @@ def _parse(raw: str | bytes) -> Any:
 
 
 async def _replay(state: Runtime, connection: Connection, last: object, position: int) -> list[str]:
-    """The frames that bring a client from ``last`` up to ``position`` (the welcome's id)."""
+    """The frames that bring a client from ``last`` up to ``position`` (the welcome's id),
+    including ids at or below ``last`` that committed after it passed them."""
     if last is None:
         return []
     if not isinstance(last, int) or isinstance(last, bool) or last < 0:
         return [_error("'last_event_id' must be a whole number or null.")]
-    if last >= position:
-        return []
     async with state.engine.connect() as conn:
-        oldest = await oldest_id(conn)
         areas = sorted(connection.audience) if connection.audience is not None else None
-        missed = await events_between(conn, last, position, areas, MAX_REPLAY + 1)
-    if last < oldest - 1 or len(missed) > MAX_REPLAY:
+        missed = await replay_after(conn, last, position, areas, MAX_REPLAY)
+    if missed is None or missed.more:
         return [encode({"type": "resync", "reason": "too far behind: reload"})]
+    events = missed.events
     return [
-        encode({"type": "events", "events": [e.to_json() for e in missed[i : i + REPLAY_FRAME]]})
-        for i in range(0, len(missed), REPLAY_FRAME)
+        encode({"type": "events", "events": [e.to_json() for e in events[i : i + REPLAY_FRAME]]})
+        for i in range(0, len(events), REPLAY_FRAME)
     ]
 
 
