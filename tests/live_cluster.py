@@ -59,6 +59,13 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
         process.wait(5)
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 class RedisProcess:
     """A private redis-server on a free port; ``kill`` and ``start`` keep the same port."""
 
@@ -141,6 +148,13 @@ class AppServer:
         assert self.process is not None
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The worker processes (spawned by the runner; not its resource tracker)."""
+        return [
+            p for p in self.tree()[1:]
+            if "spawn_main" in (line := " ".join(_cmdline(p))) and "resource_tracker" not in line
+        ]  # fmt: skip
 
     def rss_kb(self) -> int:
         """Resident memory of the whole process tree."""
@@ -246,8 +260,15 @@ def ws_url(server: AppServer, view: str | None = None) -> str:
     return f"ws://127.0.0.1:{server.port}/ws" + (f"?view={view}" if view else "")
 
 
+class NotSaved(Exception):
+    """The server answered a scan with an ``error`` (restarting, signed out, too fast...)."""
+
+
 class LiveClient:
-    """A websocket client that reads in the background and records what it was sent."""
+    """A websocket client that reads in the background and records what it was sent.
+
+    An ``error`` frame fails the scans waiting for their ack with ``NotSaved``: the server
+    answers a scan it did not save that way (errors carry no scan id)."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -257,6 +278,7 @@ class LiveClient:
         self.event_at: dict[int, str] = {}
         self.event_kind: dict[int, str] = {}
         self.metrics: dict[str, Any] = {}
+        self.counters: dict[str, Any] = {}  # the latest: the welcome's, then counters frames
         self.resyncs: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.close_code: int | None = None
@@ -266,12 +288,17 @@ class LiveClient:
 
     @classmethod
     async def open(
-        cls, server: AppServer, cookie: str, view: str | None = None, last: int | None = None
+        cls,
+        server: AppServer,
+        cookie: str,
+        view: str | None = None,
+        last: int | None = None,
+        open_timeout: float = 10,
     ) -> "LiveClient":
         ws = await websockets.connect(
             ws_url(server, view),
             additional_headers={"Cookie": cookie},
-            open_timeout=10,
+            open_timeout=open_timeout,
             max_size=None,  # a browser takes frames of any size
         )
         await ws.send(json.dumps({"type": "hello", "last_event_id": last}))
@@ -285,6 +312,14 @@ class LiveClient:
         return client
 
     @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(self._reader)
+
+    @property
     def last_id(self) -> int:
         """The last event id applied, as a page would persist it (max: ids increase)."""
         return max(self.event_ids, default=self.welcome["last_event_id"])
@@ -296,7 +331,10 @@ class LiveClient:
                 kind = message["type"]
                 if kind == "welcome":
                     self.welcome = message
+                    self.counters = message.get("counters") or {}
                     self._welcomed.set()
+                elif kind == "counters":
+                    self.counters = {k: v for k, v in message.items() if k != "type"}
                 elif kind == "events":
                     now = time.time()
                     for event in message["events"]:
@@ -312,6 +350,9 @@ class LiveClient:
                     self.resyncs.append(message)
                 elif kind == "error":
                     self.errors.append(message)
+                    for future in self._acks.values():
+                        if not future.done():
+                            future.set_exception(NotSaved(message.get("message", "")))
                 elif kind == "metrics":
                     self.metrics = message
         except websockets.ConnectionClosed:
@@ -322,14 +363,22 @@ class LiveClient:
                 if not future.done():
                     future.set_exception(ConnectionError(f"socket closed ({self.close_code})"))
 
-    async def scan(self, code: str, parent: str | None = None, wait_s: float = 10) -> dict:
-        scan_id = str(uuid.uuid4())
+    async def scan(
+        self, code: str, parent: str | None = None, wait_s: float = 10, scan_id: str | None = None
+    ) -> dict:
+        """Send a scan (a new id, or ``scan_id`` to resend one) and wait for its ack."""
+        scan_id = scan_id or str(uuid.uuid4())
+        if self.closed:
+            raise ConnectionError(f"socket closed ({self.close_code})")
         message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
         message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
         future = self._acks[scan_id] = asyncio.get_running_loop().create_future()
-        await self.ws.send(json.dumps(message))
-        async with asyncio.timeout(wait_s):
-            return await future
+        try:
+            await self.ws.send(json.dumps(message))
+            async with asyncio.timeout(wait_s):
+                return await future
+        finally:
+            self._acks.pop(scan_id, None)
 
     async def wait_for_ids(self, wanted: set[int], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
