@@ -65,6 +65,10 @@ SCAN_AREAS = ("jaipur", "indore")
 IDLE_AREA = "akola"  # no scans: the 500 sockets of the connection storm are sent nothing
 CHILDREN_PER_PARENT = 30  # the 30th completes the parent: ``completed`` counts move too
 ACK_WAIT_S = 3.0
+# Longer than a scanner's pause between acks on a busy machine (0.2 s + up to ~0.8 s measured).
+LONG_ACK_PAUSE_S = 1.5
+PROBE_WAIT_S = 20.0
+DEPLOY_GAP_S = 1.5  # from the old serve's SIGTERM to the new one's start
 OPEN_TIMEOUT_S = 3.0
 
 
@@ -336,27 +340,43 @@ class Wall:
 
 
 class ConnectProbe:
-    """Opens a fresh connection (``GET /health``) every 100 ms; records (time, ok)."""
+    """Starts a new connection (``GET /health``) every 100 ms, each as patient as a browser
+    (``PROBE_WAIT_S``): one that waits in a listening socket's queue while workers start is
+    not a failure; one refused, reset or left unanswered is. Records when failed ones began."""
 
     def __init__(self, server: Callable[[], AppServer]) -> None:
         self.server = server
-        self.failed_at: list[float] = []  # when each failed attempt gave up
+        self.failed_at: list[float] = []
+        self._attempts: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            at = time.monotonic()
-            try:
-                async with httpx.AsyncClient(timeout=1) as client:
-                    ok = (await client.get(f"{self.server().base}/health")).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if not ok:
-                self.failed_at.append(time.monotonic())
-            await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - at)))
+        async with httpx.AsyncClient(
+            timeout=PROBE_WAIT_S, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as client:
+            while not stop.is_set():
+                attempt = asyncio.create_task(self._attempt(client))
+                self._attempts.add(attempt)
+                attempt.add_done_callback(self._attempts.discard)
+                await asyncio.sleep(0.1)
+            await asyncio.gather(*self._attempts, return_exceptions=True)
+
+    async def _attempt(self, client: httpx.AsyncClient) -> None:
+        at = time.monotonic()
+        try:
+            ok = (await client.get(f"{self.server().base}/health")).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if not ok:
+            self.failed_at.append(at)
 
     def failing_after(self, moment: float) -> float:
-        """Seconds from ``moment`` to the last failed connection (0: none failed after)."""
-        return round(max((at - moment for at in self.failed_at), default=0.0), 2)
+        """Seconds from ``moment`` to the last connection begun that failed (0: none)."""
+        return round(max((at - moment for at in self.failed_at if at >= moment), default=0.0), 2)
+
+    def failing_between(self, began: float, ended: float) -> float:
+        """Seconds from the first to the last failed connection begun in [began, ended]."""
+        failed = sorted(at for at in self.failed_at if began <= at <= ended)
+        return round(failed[-1] - failed[0] + 0.1, 2) if failed else 0.0
 
 
 # The world of one drill ----------------------------------------------------------------------
@@ -411,12 +431,22 @@ class World:
         self.servers.append(server)
         return server
 
-    def acked_since(self, moment: float) -> float | None:
-        """Seconds from ``moment`` until every scanner had an ack after it (None: not yet)."""
-        firsts = [next((t for t in s.acked_at if t >= moment), None) for s in self.scanners]
-        if any(first is None for first in firsts):
+    def all_acked_since(self, moment: float) -> bool:
+        return all(any(t >= moment for t in s.acked_at) for s in self.scanners)
+
+    def ack_gaps(self, began: float, ended: float) -> Iterator[tuple[float, float]]:
+        """Every scanner's pauses between acks in [began, ended], as (from, to)."""
+        for scanner in self.scanners:
+            times = [began, *(t for t in scanner.acked_at if began <= t <= ended), ended]
+            yield from itertools.pairwise(times)
+
+    def recovered_after(self, began: float, over: float, ended: float) -> float | None:
+        """Seconds from the fault's end (``over``) to the end of the last long ack pause of any
+        scanner since the fault began: when acks were flowing again for everyone."""
+        if not self.all_acked_since(over):
             return None
-        return max(firsts) - moment  # type: ignore[type-var, operator]
+        ends = [b for a, b in self.ack_gaps(began, ended) if b - a > LONG_ACK_PAUSE_S]
+        return round(max(0.0, max(ends, default=over) - over), 2)
 
 
 async def _accounts(
@@ -556,22 +586,27 @@ async def deploy(world: World) -> float:
     old_tree = old.tree()
     assert old.process is not None
     old.process.terminate()
-    await asyncio.sleep(1.5)
+    began = time.monotonic()
+    exited = asyncio.create_task(asyncio.to_thread(_wait_exit, old.process, 35))
+    await asyncio.sleep(DEPLOY_GAP_S)
     new = world.start_server(port=old.port)
     await new.wait_ready()
     ready = time.monotonic()
+    world.notes["new serve ready after SIGTERM (s)"] = round(ready - began, 2)
     # The old runner exits 0 (a graceful stop), leaving no worker behind.
-    exited = await asyncio.to_thread(_wait_exit, old.process, 35)
-    world.notes["old serve exit code"] = -1 if exited is None else exited
+    code, at = await exited
+    world.notes["old serve exit code"] = -1 if code is None else code
+    world.notes["old serve exited after SIGTERM (s)"] = round(at - began, 2)
     world.notes["old workers left"] = sum(1 for p in old_tree if _alive(p))
     return ready
 
 
-def _wait_exit(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+def _wait_exit(process: subprocess.Popen[bytes], seconds: float) -> tuple[int | None, float]:
+    """(exit code or None if still running after ``seconds``, when it exited: monotonic)."""
     try:
-        return process.wait(seconds)
+        return process.wait(seconds), time.monotonic()
     except subprocess.TimeoutExpired:
-        return None
+        return None, time.monotonic()
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -644,12 +679,17 @@ async def socket_storm(world: World) -> float:
             world.tally.note(f"storm socket: {_failure(error)}")
             return None
 
-    sockets = await asyncio.gather(*(one() for _ in range(count)))
-    opened = [ws for ws in sockets if ws is not None]
-    world.notes["storm sockets welcomed"] = len(opened)
-    world.notes["storm seconds to welcome all"] = round(time.monotonic() - began, 2)
-    await asyncio.sleep(2)  # held open under load a little
-    await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+    async def storm() -> None:
+        sockets = await asyncio.gather(*(one() for _ in range(count)))
+        opened = [ws for ws in sockets if ws is not None]
+        world.notes["storm sockets welcomed"] = len(opened)
+        world.notes["storm seconds to welcome all"] = round(time.monotonic() - began, 2)
+        await asyncio.sleep(2)  # held open under load a little
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+
+    # On a loop of its own: 500 handshakes must not stall the scanners' loop (that would be
+    # the load generator's pause, not the server's).
+    await asyncio.to_thread(asyncio.run, storm())
     return began
 
 
@@ -680,8 +720,9 @@ class Result:
     walls_behind: int = 0  # walls that did not reach their audience's last event in time
     wall_resyncs: int = 0
     counter_drift: int = 0
+    fault_s: float = 0.0  # from the fault's start to its end (e.g. Redis back)
     worst_ack_pause_s: float = 0.0
-    recovery_s: float | None = None  # after the fault's end, until every scanner had an ack
+    recovery_s: float | None = None  # after the fault's end, until acks flowed for everyone
     new_connections_failing_s: float = 0.0  # after the fault's end (deploy)
     tracebacks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -829,14 +870,6 @@ def _tracebacks(world: World) -> int:
     )
 
 
-def _worst_pause(world: World, began: float, ended: float) -> float:
-    worst = 0.0
-    for scanner in world.scanners:
-        times = [began, *(t for t in scanner.acked_at if began <= t <= ended), ended]
-        worst = max(worst, *(b - a for a, b in itertools.pairwise(times)))
-    return worst
-
-
 async def run_drill(
     name: str, pg: PostgresCluster, template: str, directory: Path, timing: Timing
 ) -> Result:
@@ -854,10 +887,10 @@ async def run_drill(
             await asyncio.sleep(timing.warmup_s)
             began = time.monotonic()
             over = await fault(w)
+            result.fault_s = round(over - began, 2)
             deadline = over + timing.recovery_wait_s
-            while w.acked_since(over) is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            while not w.all_acked_since(over) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)  # (acks of ten scanners: polling is simplest)
-            result.recovery_s = w.acked_since(over)
             await asyncio.sleep(timing.after_s)
             stop_probe.set()
             stop_scans.set()
@@ -870,13 +903,15 @@ async def run_drill(
             stop_scans.set()
             stop_walls.set()
             await asyncio.gather(*scanning, *walls, probing, return_exceptions=True)
-        result.worst_ack_pause_s = _worst_pause(w, began, ended)
+        result.worst_ack_pause_s = round(max(b - a for a, b in w.ack_gaps(began, ended)), 2)
+        result.recovery_s = w.recovered_after(began, over, ended)
         result.new_connections_failing_s = probe.failing_after(over)
+        result.notes["new connections failing (s)"] = probe.failing_between(began, ended)
         await _scans_in_db(w, result)
         await _wall_gaps(w, result)
         result.tracebacks = _tracebacks(w)
         result.errors = w.tally.seen
-        result.notes = dict(w.notes)
+        result.notes |= w.notes
     return result
 
 
@@ -887,7 +922,10 @@ class Bounds:
     recovery_s: float = 3.0  # acks flow again this soon after the fault is over
     worst_ack_pause_s: float | None = None  # None: not judged (the fault stops acks by design)
     new_connections_failing_s: float = 2.0  # after the fault is over (e.g. the new serve ready)
+    # From the first to the last new connection that failed, all told (None: not judged).
+    failure_window_s: float | None = None
     sign_in_s: float = 3.0
+    forbidden_errors: tuple[str, ...] = ()  # what clients must never see (e.g. "closed 1011")
 
     def broken(self, result: Result) -> list[str]:
         """Every bound ``result`` breaks, said plainly (empty: the drill passed)."""
@@ -917,6 +955,14 @@ class Bounds:
                 f"new connections failed {result.new_connections_failing_s:.1f} s after the"
                 f" fault was over (bound {self.new_connections_failing_s})"
             )
+        window = result.notes.get("new connections failing (s)", 0.0)
+        if self.failure_window_s is not None and window > self.failure_window_s:
+            found.append(
+                f"new connections failed for {window:.1f} s (bound {self.failure_window_s})"
+            )
+        for what, n in result.errors.items():
+            if any(bad in what for bad in self.forbidden_errors):
+                found.append(f"clients saw {what} ({n} times)")
         for note, value in result.notes.items():
             if note.startswith("sign-in") and value > self.sign_in_s:
                 found.append(f"{note}: {value:.1f} (bound {self.sign_in_s})")
