@@ -13,6 +13,7 @@ BENCHMARKS = {
     "idle": "bench.idle_sockets",
     "soak": "bench.soak",
     "size": "bench.size",
+    "drills": "bench.drills",
 }
 
 

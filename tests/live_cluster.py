@@ -315,8 +315,15 @@ def ws_url(server: AppServer, view: str | None = None) -> str:
     return f"ws://127.0.0.1:{server.port}/ws" + (f"?view={view}" if view else "")
 
 
+class NotSaved(Exception):
+    """The server answered a scan with an ``error`` (restarting, signed out, too fast...)."""
+
+
 class LiveClient:
-    """A websocket client that reads in the background and records what it was sent."""
+    """A websocket client that reads in the background and records what it was sent.
+
+    An ``error`` frame fails the scans waiting for their ack with ``NotSaved``: the server
+    answers a scan it did not save that way (errors carry no scan id)."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -326,6 +333,7 @@ class LiveClient:
         self.event_at: dict[int, str] = {}
         self.event_kind: dict[int, str] = {}
         self.metrics: dict[str, Any] = {}
+        self.counters: dict[str, Any] = {}  # the latest: the welcome's, then counters frames
         self.resyncs: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.close_code: int | None = None
@@ -335,12 +343,17 @@ class LiveClient:
 
     @classmethod
     async def open(
-        cls, server: AppServer, cookie: str, view: str | None = None, last: int | None = None
+        cls,
+        server: AppServer,
+        cookie: str,
+        view: str | None = None,
+        last: int | None = None,
+        open_timeout: float = 10,
     ) -> "LiveClient":
         ws = await websockets.connect(
             ws_url(server, view),
             additional_headers={"Cookie": cookie},
-            open_timeout=10,
+            open_timeout=open_timeout,
             max_size=None,  # a browser takes frames of any size
         )
         await ws.send(json.dumps({"type": "hello", "last_event_id": last}))
@@ -357,7 +370,7 @@ class LiveClient:
     def is_open(self) -> bool:
         return not self._reader.done()
 
-    async def wait_closed(self, seconds: float) -> int | None:
+    async def wait_closed(self, seconds: float | None = None) -> int | None:
         """The close code once the server has closed the socket, None if it is still open
         after ``seconds``."""
         with contextlib.suppress(TimeoutError):
@@ -377,7 +390,10 @@ class LiveClient:
                 kind = message["type"]
                 if kind == "welcome":
                     self.welcome = message
+                    self.counters = message.get("counters") or {}
                     self._welcomed.set()
+                elif kind == "counters":
+                    self.counters = {k: v for k, v in message.items() if k != "type"}
                 elif kind == "events":
                     now = time.time()
                     for event in message["events"]:
@@ -393,6 +409,9 @@ class LiveClient:
                     self.resyncs.append(message)
                 elif kind == "error":
                     self.errors.append(message)
+                    for future in self._acks.values():
+                        if not future.done():
+                            future.set_exception(NotSaved(message.get("message", "")))
                 elif kind == "metrics":
                     self.metrics = message
         except websockets.ConnectionClosed:
@@ -403,14 +422,22 @@ class LiveClient:
                 if not future.done():
                     future.set_exception(ConnectionError(f"socket closed ({self.close_code})"))
 
-    async def scan(self, code: str, parent: str | None = None, wait_s: float = 10) -> dict:
-        scan_id = str(uuid.uuid4())
+    async def scan(
+        self, code: str, parent: str | None = None, wait_s: float = 10, scan_id: str | None = None
+    ) -> dict:
+        """Send a scan (a new id, or ``scan_id`` to resend one) and wait for its ack."""
+        scan_id = scan_id or str(uuid.uuid4())
+        if not self.is_open:
+            raise ConnectionError(f"socket closed ({self.close_code})")
         message: dict[str, Any] = {"type": "scan", "id": scan_id, "code": code}
         message |= {"as": "child", "parent": parent} if parent else {"as": "parent"}
         future = self._acks[scan_id] = asyncio.get_running_loop().create_future()
-        await self.ws.send(json.dumps(message))
-        async with asyncio.timeout(wait_s):
-            return await future
+        try:
+            await self.ws.send(json.dumps(message))
+            async with asyncio.timeout(wait_s):
+                return await future
+        finally:
+            self._acks.pop(scan_id, None)
 
     async def wait_for_ids(self, wanted: set[int], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -419,12 +446,6 @@ class LiveClient:
                 return False
             await asyncio.sleep(0.02)
         return True
-
-    async def closed_with(self, seconds: float) -> int | None:
-        """Wait for the server to close this socket; its close code."""
-        async with asyncio.timeout(seconds):
-            await asyncio.shield(self._reader)
-        return self.close_code
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

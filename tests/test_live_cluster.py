@@ -392,7 +392,7 @@ async def test_rights_changed_or_signed_out_on_one_server_close_sockets_on_the_o
             assert (
                 await people.update_person(engine, boss, ravi.user_id, "dispatcher", "indore")
             ).ok
-            assert await scanner.closed_with(seconds=2) == 4409, c.logs()
+            assert await scanner.wait_closed(seconds=2) == 4409, c.logs()
             assert time.monotonic() - moved_at < 2
         finally:
             await scanner.close()
@@ -406,6 +406,6 @@ async def test_rights_changed_or_signed_out_on_one_server_close_sockets_on_the_o
                 token = page.text.split('name="csrf-token" content="')[1].split('"')[0]
                 signed_out = await on_b.post("/logout", data={"csrf_token": token})
                 assert signed_out.status_code == 302
-            assert await scanner.closed_with(seconds=2) == 4401, c.logs()
+            assert await scanner.wait_closed(seconds=2) == 4401, c.logs()
         finally:
             await scanner.close()
