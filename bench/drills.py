@@ -20,15 +20,8 @@ from pathlib import Path
 import asyncpg
 
 from bench.docs import write_section
-from tests.drills import (
-    BOUNDS,
-    FAULTS,
-    PostgresCluster,
-    Result,
-    Timing,
-    private_postgres,
-    run_drill,
-)
+from tests.drills import BOUNDS, FAULTS, Result, Timing, run_drill
+from tests.live_cluster import PostgresCluster, private_postgres
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 HEADING = "## Measured"

@@ -20,15 +20,12 @@ on while the app recovers, stops the load, lets the walls catch up, and measures
 
 import asyncio
 import contextlib
-import glob
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -40,7 +37,6 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
-import pytest
 import websockets
 
 from tests.browser import server_env
@@ -48,14 +44,13 @@ from tests.live_cluster import (
     AppServer,
     LiveClient,
     NotSaved,
+    PostgresCluster,
     RedisProcess,
-    free_port,
     login,
     ws_url,
 )
 from traitortrack.config import Settings, normalize_database_url
 from traitortrack.db.engine import create_engine
-from traitortrack.db.migrate import migrate
 from traitortrack.domain.roles import Role
 from traitortrack.realtime.bus import LEADER_LOCK_KEY
 from traitortrack.services.commands import Actor
@@ -75,102 +70,6 @@ OPEN_TIMEOUT_S = 3.0
 
 
 # The private PostgreSQL cluster -------------------------------------------------------------
-
-
-def postgres_bindir() -> Path | None:
-    """Where initdb and pg_ctl are: ``pg_config --bindir``, else the newest Debian install."""
-    candidates: list[str] = []
-    if pg_config := shutil.which("pg_config"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
-            candidates.append(found.stdout.strip())
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    if initdb := shutil.which("initdb"):
-        candidates.append(str(Path(initdb).resolve().parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    return None
-
-
-class PostgresCluster:
-    """A PostgreSQL cluster of our own (initdb into a temporary directory, a free port), so a
-    drill may restart it. As root, the server runs as the ``postgres`` user."""
-
-    def __init__(self) -> None:
-        bindir = postgres_bindir()
-        if bindir is None:
-            pytest.skip("NO POSTGRESQL BINARIES (initdb, pg_ctl): the drills need their own")
-        self.bindir = bindir
-        self.port = free_port()
-        # Not under pytest's tmp_path: its folders are private to root, the server is not.
-        self.directory = Path(tempfile.mkdtemp(prefix="tt-drill-pg-"))
-        self.data = self.directory / "data"
-        self.log = self.directory / "postgres.log"
-        self.as_postgres = os.geteuid() == 0
-        if self.as_postgres:
-            shutil.chown(self.directory, "postgres", "postgres")
-
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [str(self.bindir / args[0]), *args[1:]]
-        if self.as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def init(self) -> None:
-        self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
-                  "-D", str(self.data))  # fmt: skip
-        options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
-            " -c max_connections=200 -c fsync=off -c full_page_writes=off"
-        )  # no fsync: the drills crash the server, never the machine
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
-                  "start")  # fmt: skip
-
-    def restart(self, mode: str) -> None:
-        """``pg_ctl restart -m fast|immediate`` (immediate: no shutdown, crash recovery)."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-l", str(self.log), "-w",
-                  "restart")  # fmt: skip
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    async def create_database(self, name: str, template: str | None = None) -> str:
-        conn = await asyncpg.connect(self.url())
-        try:
-            clone = f' TEMPLATE "{template}"' if template else ""
-            await conn.execute(f'CREATE DATABASE "{name}"{clone}')
-        finally:
-            await conn.close()
-        return self.url(name)
-
-    async def migrated_template(self) -> str:
-        """A migrated database to copy each drill's from."""
-        name = "tt_drill_template"
-        url = await self.create_database(name)
-        engine = create_engine(Settings(database_url=normalize_database_url(url)))
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
-        return name
-
-
-@contextlib.contextmanager
-def private_postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    try:
-        cluster.init()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 # Load: scanners and walls --------------------------------------------------------------------

@@ -20,18 +20,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import psutil
 import pytest
 import websockets
 
 from bench.live import worker_processes
-from traitortrack.config import Settings
+from traitortrack.config import Settings, normalize_database_url
+from traitortrack.db.engine import create_engine
+from traitortrack.db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "Cluster-pass1"
@@ -102,47 +105,107 @@ class RedisProcess:
             self.process = None
 
 
-class PostgresProcess:
-    """A private PostgreSQL cluster on a free port, to stop and start under a running app
-    (the machine's shared server is never touched). As root, it runs as the postgres user."""
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: ``pg_config --bindir``, else the newest Debian install."""
+    candidates: list[str] = []
+    if pg_config := shutil.which("pg_config"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+            candidates.append(found.stdout.strip())
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    if initdb := shutil.which("initdb"):
+        candidates.append(str(Path(initdb).resolve().parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    return None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of our own (initdb into a temporary directory, a free port), so a
+    drill may restart it. As root, the server runs as the ``postgres`` user."""
 
     def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            pytest.skip("NO POSTGRESQL BINARIES: /usr/lib/postgresql/*/bin/pg_ctl not found")
-        self.bin = Path(found[-1]).parent
-        self.directory = Path(tempfile.mkdtemp(prefix="tt-private-pg-"))
-        self.data = self.directory / "data"
+        bindir = postgres_bindir()
+        if bindir is None:
+            pytest.skip("NO POSTGRESQL BINARIES (initdb, pg_ctl): the drills need their own")
+        self.bindir = bindir
         self.port = free_port()
-        self.as_owner: list[str] = []
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            shutil.chown(self.directory, "postgres")
-            self.as_owner = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        # Not under pytest's tmp_path: its folders are private to root, the server is not.
+        self.directory = Path(tempfile.mkdtemp(prefix="tt-drill-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "postgres.log"
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.directory, "postgres", "postgres")
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
 
-    def _run(self, tool: str, *args: str) -> None:
-        subprocess.run(
-            [*self.as_owner, str(self.bin / tool), *args],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+    def create(self) -> None:
+        self._run("initdb", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
+                  "-D", str(self.data))  # fmt: skip
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                  str(self.directory / "log"), "-w", "start")  # fmt: skip
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+            " -c max_connections=200 -c fsync=off -c full_page_writes=off"
+        )  # no fsync: the drills crash the server, never the machine
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
+                  "start")  # fmt: skip
+
+    def restart(self, mode: str) -> None:
+        """``pg_ctl restart -m fast|immediate`` (immediate: no shutdown, crash recovery)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-l", str(self.log), "-w",
+                  "restart")  # fmt: skip
 
     def stop(self) -> None:
         """A fast shutdown, as a restart does it: every backend is told, then cut."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    async def create_database(self, name: str, template: str | None = None) -> str:
+        conn = await asyncpg.connect(self.url())
+        try:
+            clone = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{clone}')
+        finally:
+            await conn.close()
+        return self.url(name)
+
+    async def migrated_template(self) -> str:
+        """A migrated database to copy each drill's from."""
+        name = "tt_drill_template"
+        url = await self.create_database(name)
+        engine = create_engine(Settings(database_url=normalize_database_url(url)))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+        return name
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.create()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @dataclass

@@ -16,7 +16,7 @@ from quart.testing import WebsocketResponseError
 from sqlalchemy.engine import make_url
 
 from tests.db import new_id, value
-from tests.live_cluster import PostgresProcess
+from tests.live_cluster import PostgresCluster
 from tests.web import ADMIN_PASSWORD, app_for, app_logs, csrf_from, sign_in
 from traitortrack.config import Settings
 from traitortrack.domain.outcomes import Outcome
@@ -176,12 +176,13 @@ async def test_an_unforeseen_error_in_one_scan_of_a_batch_fails_only_that_scan(
 
 
 @pytest.fixture
-async def private_postgres(settings: Settings) -> AsyncIterator[tuple[PostgresProcess, Settings]]:
+async def private_postgres(settings: Settings) -> AsyncIterator[tuple[PostgresCluster, Settings]]:
     """A PostgreSQL of the test's own, to restart under the app."""
-    server = PostgresProcess()
+    server = PostgresCluster()
     try:
+        server.create()
         server.start()
-        yield server, settings.with_database(server.url)
+        yield server, settings.with_database(server.url())
     finally:
         server.remove()
 

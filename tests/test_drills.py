@@ -11,12 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.drills import BOUNDS, PostgresCluster, Timing, private_postgres, run_drill
-
-POSTGRES_DEFECTS = (
-    "issue 16 defects 5 and 6: a PostgreSQL restart drops scanner sockets with 1011 and a"
-    " traceback, handshakes answer 500, and dead connections go back into the pool"
-)
+from tests.drills import BOUNDS, Timing, run_drill
+from tests.live_cluster import PostgresCluster, private_postgres
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
 
@@ -48,12 +44,6 @@ async def test_killing_a_worker_that_does_not_relay_loses_no_acked_scan(postgres
     await drill(postgres, tmp_path, "kill -9 non-leader")
 
 
-@pytest.mark.xfail(
-    reason="issue 16 defects 1 and 2: the old serve keeps its SO_REUSEPORT listeners open for"
-    " ~30 s (new connections black-holed) and does not drain sockets that connected during its"
-    " drain (cancelled with tracebacks at the graceful timeout)",
-    strict=False,
-)
 async def test_a_deploy_loses_nothing_and_new_connections_succeed_soon_after(postgres, tmp_path):
     result = await drill(postgres, tmp_path, "deploy")
     assert result.notes["old serve exit code"] == 0, result.notes
@@ -64,21 +54,14 @@ async def test_redis_killed_and_restarted_never_stops_acks_or_walls(postgres, tm
     await drill(postgres, tmp_path, "Redis killed")
 
 
-@pytest.mark.xfail(
-    reason="issue 16 defect 4: a hung Redis blocks sign-in (no socket timeout on the rate-limit"
-    " store)",
-    strict=False,
-)
 async def test_redis_hung_for_ten_seconds_never_stops_acks_or_sign_in(postgres, tmp_path):
     await drill(postgres, tmp_path, "Redis hung")
 
 
-@pytest.mark.xfail(reason=POSTGRES_DEFECTS, strict=False)
 async def test_a_fast_postgresql_restart_loses_no_acked_scan(postgres, tmp_path):
     await drill(postgres, tmp_path, "PostgreSQL restart -m fast")
 
 
-@pytest.mark.xfail(reason=POSTGRES_DEFECTS, strict=False)
 async def test_an_immediate_postgresql_restart_loses_no_acked_scan(postgres, tmp_path):
     await drill(postgres, tmp_path, "PostgreSQL restart -m immediate")
 
