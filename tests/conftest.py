@@ -139,6 +139,25 @@ async def app(settings: Settings) -> AsyncIterator[object]:
 
 
 @pytest.fixture
+async def clocked_app(settings: Settings) -> AsyncIterator[object]:
+    """The app with its start-up hooks run and a clock the test moves (``clock``)."""
+    from tests.web import Clock, app_for
+    from traitortrack.runtime import runtime
+
+    app = app_for(settings)
+    async with app.test_app() as test_app:
+        runtime(app).clock = Clock()
+        yield test_app
+
+
+@pytest.fixture
+def clock(clocked_app):
+    from traitortrack.runtime import runtime
+
+    return runtime(clocked_app.app).clock
+
+
+@pytest.fixture
 def restore_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a test installs into Hypercorn's modules is put back afterwards."""
     for owner, name, *_ in lean.REPLACEMENTS:

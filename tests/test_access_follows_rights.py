@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from tests.conftest import make_actor
 from tests.sockets import close_code, events_seen, opened, receive_until, scan
-from tests.web import ADMIN_PASSWORD, Clock, app_for, csrf_from, sign_in
+from tests.web import ADMIN_PASSWORD, csrf_from, sign_in
 from traitortrack.domain.roles import Role
 from traitortrack.runtime import runtime
 from traitortrack.services import bills, people
@@ -24,16 +24,9 @@ SIGNED_OUT, ACCESS_CHANGED = 4401, 4409
 
 
 @pytest.fixture
-async def app(settings):
-    app = app_for(settings)
-    async with app.test_app() as test_app:
-        runtime(app).clock = Clock()
-        yield test_app
-
-
-@pytest.fixture
-def clock(app) -> Clock:
-    return runtime(app.app).clock
+def app(clocked_app):
+    """The app, with a clock the tests move (lockouts, session expiry, TOTP steps)."""
+    return clocked_app
 
 
 async def _signed_in(app, name: str, password: str = "Secret-pass1"):

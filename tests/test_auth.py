@@ -10,33 +10,14 @@ from sqlalchemy import text
 from tests.conftest import make_actor
 from tests.web import ADMIN_PASSWORD, alert_text, app_for, csrf_from, sign_in
 from traitortrack.domain.roles import Role
-from traitortrack.runtime import runtime
 from traitortrack.security import hash_password, password_problems, verify_password
 from traitortrack.services import accounts
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 @pytest.fixture
-async def app(settings):
-    app = app_for(settings)
-    async with app.test_app() as test_app:
-        runtime(app).clock = Clock()
-        yield test_app
-
-
-@pytest.fixture
-def clock(app) -> Clock:
-    return runtime(app.app).clock
+def app(clocked_app):
+    """The app, with a clock the tests move (lockouts, session expiry, TOTP steps)."""
+    return clocked_app
 
 
 async def _audit_actions(engine) -> list[str]:
