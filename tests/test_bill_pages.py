@@ -15,8 +15,8 @@ from tests.test_admin import (
     page_text,
     signed_in_as,
 )
-from tests.test_auth import Clock
 from tests.warehouse import stock
+from tests.web import Clock
 from traitortrack.domain.roles import Role
 from traitortrack.runtime import runtime
 from traitortrack.services.bill_queries import BillFilter, bill_batches, find_bill, list_bills
