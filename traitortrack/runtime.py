@@ -45,8 +45,12 @@ class Runtime:
     monitor: Monitor | None = None
     retention: EventRetention | None = None
     quotas: Quotas = field(init=False)
+    # Pooled connections that websocket handshakes (session look-ups, replays) may hold at
+    # once: the rest of the pool stays free for scans during a reconnect storm.
+    handshakes: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
+        self.handshakes = asyncio.Semaphore(max(2, self.settings.db_pool_size // 4))
         limits = self.settings
         self.quotas = Quotas(
             self.engine, limits.scans_per_second, limits.scan_burst, limits.sockets_per_account

@@ -76,12 +76,15 @@ async def _display_areas() -> list[str] | None:
 async def ws() -> Response | None:
     if not _same_origin():
         return Response("Cross-site websocket refused.", 403)
-    who = await _account()
-    display = None if who is not None else await _display_areas()
+    state = runtime()
+    # Hundreds of walls reconnecting at once (a deploy, a Wi-Fi blip) must not take every
+    # pooled connection from the scans: their lookups take turns on a few of them.
+    async with state.handshakes:
+        who = await _account()
+        display = None if who is not None else await _display_areas()
     if who is None and display is None:
         return Response("Sign in first (POST /login), then open /ws.", 401)
     view = websocket.args.get("view", "")
-    state = runtime()
     if who is not None and state.live.hub.sockets_of(who.id) >= state.quotas.sockets:
         await state.quotas.tripped("sockets", who.id, who.username, _origin())
         return Response(state.quotas.too_many_sockets, 429)
@@ -137,11 +140,10 @@ async def _start(state: Runtime, connection: Connection, area: str | None, socke
         "last_event_id": position,
         "counters": counters,
     }
-    replay = (
-        []
-        if hello is None
-        else await _replay(state, connection, hello.get("last_event_id"), position)
-    )
+    replay: list[str] = []
+    if hello is not None:
+        async with state.handshakes:
+            replay = await _replay(state, connection, hello.get("last_event_id"), position)
     if hello is not None and (parent := _parent_code(hello.get("parent"))) is not None:
         hub.follow(connection, parent)
     # Live frames held since ``register`` come after these (welcome, then replay in order).
