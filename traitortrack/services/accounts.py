@@ -201,8 +201,8 @@ async def start_session(engine: AsyncEngine, who: Account, now: datetime) -> str
         await conn.execute(
             delete(UserSession).where(
                 UserSession.user_id == who.id,
+                # Last used over a shift ago: over by every limit (never seen before signing in).
                 UserSession.seen_at < now - SHIFT_LENGTH,
-                UserSession.signed_in_at < now - SHIFT_LENGTH,
             )
         )
         await conn.execute(

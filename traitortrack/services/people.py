@@ -577,6 +577,11 @@ class DisplayAccess:
     label: str
     areas: list[str]
 
+    @property
+    def audience(self) -> frozenset[str] | None:
+        """The areas its screens may see (None: every area, as when none is listed)."""
+        return frozenset(self.areas) or None
+
 
 async def open_display_link(
     engine: AsyncEngine, token: str, request_id: str | None, ip: str | None

@@ -44,7 +44,7 @@ async def _display() -> Viewer | None:
     if access is None:
         session.pop("display_link", None)
         return None
-    return Viewer(None, frozenset(access.areas) or None, access.label)
+    return Viewer(None, access.audience, access.label)
 
 
 def watching(kind: Kind, roles: frozenset[Role]) -> Callable[[Callable[..., Awaitable[Any]]], Any]:

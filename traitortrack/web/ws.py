@@ -30,7 +30,7 @@ from traitortrack.security import anonymize_ip
 from traitortrack.services import accounts
 from traitortrack.services.accounts import Account
 from traitortrack.services.commands import Actor, NotSaved
-from traitortrack.services.people import display_link_access
+from traitortrack.services.people import DisplayAccess, display_link_access
 from traitortrack.web.access import public
 from traitortrack.web.commands import BadMessage, perform
 from traitortrack.web.inputs import BadInput, decode_json
@@ -63,12 +63,11 @@ async def _account() -> Account | None:
     return who
 
 
-async def _display_areas() -> list[str] | None:
+async def _display() -> DisplayAccess | None:
     link_id = session.get("display_link")
     if not isinstance(link_id, int):
         return None
-    access = await display_link_access(runtime().engine, link_id)
-    return None if access is None else access.areas
+    return await display_link_access(runtime().engine, link_id)
 
 
 @blueprint.websocket("/ws")
@@ -81,7 +80,7 @@ async def ws() -> Response | None:
     # pooled connection from the scans: their lookups take turns on a few of them.
     async with state.handshakes:
         who = await _account()
-        display = None if who is not None else await _display_areas()
+        display = None if who is not None else await _display()
     if who is None and display is None:
         return Response("Sign in first (POST /login), then open /ws.", 401)
     view = websocket.args.get("view", "")
@@ -100,7 +99,7 @@ async def ws() -> Response | None:
             deadline=who.deadline,
         )
     else:
-        connection = Connection(None, frozenset(display) if display else None, coalesced=True)
+        connection = Connection(None, display.audience, coalesced=True)
     connection.session = _session_check(state, who)
     connection.check_at = _loop_time() + SESSION_CHECK_S
     actor = _actor(who) if who is not None else None
@@ -342,6 +341,6 @@ def _session_check(state: Runtime, who: Account | None) -> SessionCheck:
         access = await display_link_access(engine, link_id)
         if access is None:
             return None
-        return Grant(None, frozenset(access.areas) if access.areas else None, math.inf)
+        return Grant(None, access.audience, math.inf)
 
     return SessionCheck(("display link", link_id), display, SESSION_CHECK_S)
