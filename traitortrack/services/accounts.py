@@ -180,13 +180,8 @@ async def load_account(engine: AsyncEngine, auth_id: str | None) -> Account | No
         ).one_or_none()
     if row is None:
         return None
-    return Account(
-        row.id,
-        row.username,
-        Role(row.role),
-        row.area,
-        row.session_version,
-        row.totp_enabled,
+    return replace(
+        _account(row),
         session=token,
         signed_in_at=row.signed_in_at.timestamp(),
         seen_at=row.seen_at.timestamp(),
